@@ -1,0 +1,212 @@
+"""Context strategies under evaluation: two baselines and tiered-context itself.
+
+A strategy sees a whole conversation once (`ingest`), then builds the context for each
+question under a hard token budget (`context`), reporting which turns made it in::
+
+    strategy = STRATEGIES["bm25"]()
+    strategy.ingest(conversation)
+    packed = strategy.context(question, budget=1000)
+    packed.tokens <= 1000                       # always (cl100k tokens of packed.text)
+    recall = len(packed.covered & set(question.evidence)) / len(question.evidence)
+
+The baselines render each kept turn as one line ``"{speaker}: {text}"``, in
+chronological order, and never cut a turn: a turn that does not fit whole is skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from tiered_context.core.lexical import BM25Index
+from tiered_context.core.tokens import TokenCounter
+from tiered_context.evals.datasets import Conversation, Question
+
+__all__ = [
+    "BM25Strategy",
+    "Packed",
+    "RecencyStrategy",
+    "STRATEGIES",
+    "Strategy",
+    "TieredStrategy",
+    "counter",
+]
+
+_COUNTER: TokenCounter | None = None
+
+
+def counter() -> TokenCounter:
+    """The one cl100k counter every strategy and the runner measure with."""
+    global _COUNTER
+    if _COUNTER is None:
+        _COUNTER = TokenCounter("cl100k_base")
+    return _COUNTER
+
+
+@dataclass(frozen=True, kw_only=True)
+class Packed:
+    """An assembled context: its text, its cl100k token count, and the ids of the turns
+    whose content it holds (verbatim or as a compressed form that keeps provenance)."""
+
+    text: str
+    tokens: int
+    covered: set[str] = field(default_factory=set)
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """What the runner needs: a name, one `ingest` per conversation, one `context` per
+    question and budget. A fresh instance is made for every conversation."""
+
+    name: str
+
+    def ingest(self, conv: Conversation) -> None: ...
+
+    def context(self, question: Question, budget: int) -> Packed: ...
+
+
+class _LineStrategy:
+    """Shared machinery of the baselines: one rendered line per turn, greedy packing.
+
+    Subclasses only decide the order in which turns are offered (`_priority`).
+    """
+
+    name = "lines"
+    #: Stop at the first turn that does not fit (a contiguous run) instead of skipping it.
+    contiguous = False
+
+    def __init__(self) -> None:
+        self._ids: list[str] = []
+        self._lines: list[str] = []
+        self._costs = np.zeros(0, dtype=np.int64)
+
+    def ingest(self, conv: Conversation) -> None:
+        self._ids = [t.id for t in conv.turns]
+        self._lines = [f"{t.speaker}: {t.text}" for t in conv.turns]
+        newline = counter().count("\n")
+        # A line costs its own tokens plus the separator; the joined text is re-counted
+        # at the end, so this estimate only has to be close, never exact.
+        self._costs = np.asarray(counter().count_many(self._lines), dtype=np.int64) + newline
+
+    def _priority(self, question: Question) -> Sequence[int]:
+        """Turn indices in the order they should be offered to the packer."""
+        raise NotImplementedError
+
+    def context(self, question: Question, budget: int) -> Packed:
+        if budget < 0:
+            raise ValueError(f"budget must be >= 0 tokens, got {budget}")
+        chosen = self._greedy(self._priority(question), budget)
+        while True:
+            text = "\n".join(self._lines[i] for i in sorted(chosen))
+            tokens = counter().count(text)
+            if tokens <= budget:
+                return Packed(text=text, tokens=tokens, covered={self._ids[i] for i in chosen})
+            chosen.pop()  # estimate was short (rare BPE merge effects): drop the last pick
+
+    def _greedy(self, order: Sequence[int], budget: int) -> list[int]:
+        chosen: list[int] = []
+        left = budget + counter().count("\n")  # the last line has no separator after it
+        for i in order:
+            cost = int(self._costs[i])
+            if cost <= left:
+                chosen.append(i)
+                left -= cost
+            elif self.contiguous:
+                break
+        return chosen
+
+
+class RecencyStrategy(_LineStrategy):
+    """Keep the most recent turns: the usual "last N tokens" memory.
+
+    Turns are taken newest first until the first one that does not fit, so the result
+    is a contiguous tail of the conversation (what truncating a chat history keeps).
+    """
+
+    name = "recency"
+    contiguous = True
+
+    def _priority(self, question: Question) -> Sequence[int]:
+        return range(len(self._lines) - 1, -1, -1)
+
+
+class BM25Strategy(_LineStrategy):
+    """Keep the turns most lexically relevant to the question (Okapi BM25 over turns).
+
+    Turns with a positive score are packed by descending score (ties: newer first); a
+    turn that does not fit is skipped and packing continues with the next.
+    """
+
+    name = "bm25"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._index = BM25Index()
+
+    def ingest(self, conv: Conversation) -> None:
+        super().ingest(conv)
+        self._index = BM25Index()
+        for turn in conv.turns:
+            self._index.add(turn.text)
+
+    def _priority(self, question: Question) -> Sequence[int]:
+        scores = self._index.scores(question.text)
+        # lexsort sorts by the last key first: score descending, then index descending.
+        order = np.lexsort((-np.arange(len(scores)), -scores))
+        return [int(i) for i in order if scores[i] > 0]
+
+
+class TieredStrategy:
+    """tiered-context's own assembly through the public `TieredContext` facade.
+
+    Each turn is `put` with its speaker's role (the first speaker of a dialogue is
+    "user", the second "assistant"; many-party data is all "user") and its turn id as
+    ``metadata["dia_id"]``; coverage is what `assemble(...).covered("dia_id")` reports.
+    Keyword arguments go to `TieredContext` unchanged, for ablations::
+
+        TieredStrategy(name="tiered:no-l2", **ablation_settings)
+    """
+
+    def __init__(self, *, name: str = "tiered", **options: Any) -> None:
+        try:
+            from tiered_context import TieredContext
+        except ImportError as exc:
+            raise ImportError(
+                "the 'tiered' strategy needs tiered_context.TieredContext, which this "
+                "install does not provide yet; run with --strategies recency,bm25"
+            ) from exc
+        self.name = name
+        self._factory = TieredContext
+        self._options = options
+        self._ctx: Any = None
+
+    def ingest(self, conv: Conversation) -> None:
+        ctx = self._factory(session_id=conv.id, **self._options)
+        for turn in conv.turns:
+            role = "assistant" if conv.speakers and turn.speaker == conv.speakers[1] else "user"
+            ctx.put(
+                turn.text,
+                role=role,
+                timestamp=turn.timestamp,
+                metadata={"dia_id": turn.id, "speaker": turn.speaker, "session": turn.session},
+            )
+        if hasattr(ctx, "flush"):
+            ctx.flush()
+        self._ctx = ctx
+
+    def context(self, question: Question, budget: int) -> Packed:
+        if self._ctx is None:
+            raise RuntimeError("call ingest(conversation) before context(question, budget)")
+        out = self._ctx.assemble(question.text, budget=budget)
+        return Packed(text=out.text, tokens=int(out.tokens), covered=set(out.covered("dia_id")))
+
+
+#: Name -> factory of a fresh strategy (one per conversation).
+STRATEGIES: dict[str, Callable[[], Strategy]] = {
+    "recency": RecencyStrategy,
+    "bm25": BM25Strategy,
+    "tiered": TieredStrategy,
+}

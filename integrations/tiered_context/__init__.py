@@ -1,0 +1,66 @@
+"""tiered-context: assemble what the model sees from a long history, under a token budget.
+
+```python
+from tiered_context import TieredContext
+ctx = TieredContext(session_id="s1")
+ctx.put("We moved the launch to 3 May.", role="user")
+out = ctx.assemble("When is the launch?", budget=1000)
+```
+"""
+
+from tiered_context.core.assembler import AssembledContext, AssemblyReport, ContextAssembler
+from tiered_context.core.budget import Budget, LadderEvent, LadderLevel, ModelSize
+from tiered_context.core.compress import Compressor, SelfInformationCompressor
+from tiered_context.core.embed import Embedder, MiniLMEmbedder, WordLlamaEmbedder
+from tiered_context.core.items import ContextItem, Role, Tier
+from tiered_context.core.memory import Compaction, TieredContext
+from tiered_context.core.scoring import PreferenceModel, Scorer, ScoreParts, ScoringConfig
+from tiered_context.core.store import ColdStore, Hit, LocalColdStore
+from tiered_context.core.tokens import TokenCounter
+from tiered_context.errors import (
+    BudgetError,
+    ConfigError,
+    DependencyError,
+    DuplicateItemError,
+    InputError,
+    StoreError,
+    TieredContextError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AssembledContext",
+    "AssemblyReport",
+    "Budget",
+    "BudgetError",
+    "ColdStore",
+    "Compaction",
+    "Compressor",
+    "ConfigError",
+    "ContextAssembler",
+    "ContextItem",
+    "DependencyError",
+    "DuplicateItemError",
+    "Embedder",
+    "Hit",
+    "InputError",
+    "LadderEvent",
+    "LadderLevel",
+    "LocalColdStore",
+    "MiniLMEmbedder",
+    "ModelSize",
+    "PreferenceModel",
+    "Role",
+    "ScoreParts",
+    "Scorer",
+    "ScoringConfig",
+    "SelfInformationCompressor",
+    "StoreError",
+    "TieredContext",
+    "TieredContextError",
+    "Tier",
+    "TokenCounter",
+    "WordLlamaEmbedder",
+    "__version__",
+]

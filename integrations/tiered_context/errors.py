@@ -1,0 +1,60 @@
+"""The one error hierarchy of tiered-context.
+
+```
+TieredContextError                 base: catch this to catch everything we raise
+├── ConfigError (ValueError)       a setting is invalid or settings contradict each other
+│   └── BudgetError                the budget cannot hold what must be in it (e.g. pinned items)
+├── InputError (ValueError)        an item or message we cannot accept as given
+│   └── DuplicateItemError         an id that is already stored with different content
+├── DependencyError (ImportError)  an optional extra is not installed
+└── StoreError (RuntimeError)      the cold store failed; nothing acknowledged was lost
+```
+Every message says what to change.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TieredContextError",
+    "ConfigError",
+    "BudgetError",
+    "InputError",
+    "DuplicateItemError",
+    "DependencyError",
+    "StoreError",
+]
+
+
+class TieredContextError(Exception):
+    """Base class of every error tiered-context raises."""
+
+
+class ConfigError(TieredContextError, ValueError):
+    """A setting is invalid, or two settings contradict each other."""
+
+
+class BudgetError(ConfigError):
+    """The budget cannot hold what must be in it (pinned items, the system prompt)."""
+
+
+class InputError(TieredContextError, ValueError):
+    """An item or a message cannot be accepted as given."""
+
+
+class DuplicateItemError(InputError):
+    """An item id is already stored with different content."""
+
+
+class DependencyError(TieredContextError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+
+class StoreError(TieredContextError, RuntimeError):
+    """The cold store failed. Acknowledged items are never lost by this error."""
+
+
+def missing_extra(package: str, extra: str) -> DependencyError:
+    """The error to raise when `package` is needed: names the extra that installs it."""
+    return DependencyError(
+        f"{package} is not installed. Install it with: pip install \"tiered-context[{extra}]\""
+    )
