@@ -17,7 +17,7 @@ from tiered_context.core.embed import Embedder, normalize
 from tiered_context.core.items import ContextItem, Tier
 from tiered_context.core.render import day_of, header, line, render
 from tiered_context.core.scoring import Scorer, ScoreParts
-from tiered_context.core.store import ColdStore
+from tiered_context.core.store import ColdStore, SignalStats
 from tiered_context.core.tokens import TokenCounter
 from tiered_context.errors import BudgetError
 
@@ -105,15 +105,15 @@ class ContextAssembler:
     ) -> AssembledContext:
         started = time.perf_counter()
         vector = normalize(self.embedder.embed([query]))[0] if query.strip() else None
-        units = self._candidates(tenant, query, vector, working_set, budget)
-        self._score(tenant, query, vector, units, latest_seq, user)
-        self._expand_neighbours(tenant, query, vector, units, latest_seq, user)
+        units, stats = self._candidates(tenant, query, vector, working_set, budget)
+        self._score(tenant, query, vector, units, latest_seq, stats, user)
+        self._expand_neighbours(tenant, query, vector, units, latest_seq, stats, user)
         recent = {i.origin_ids[0] for i in sorted(working_set, key=lambda i: i.seq)[-recent_items:]} if recent_items else set()
         chosen = self._pack(units, budget, recent)
         return self._result(units, chosen, budget, started, events)
 
     # -- candidates ------------------------------------------------------------------
-    def _candidates(self, tenant, query, vector, working_set, budget) -> dict[str, _Unit]:
+    def _candidates(self, tenant, query, vector, working_set, budget) -> tuple[dict[str, _Unit], SignalStats | None]:
         units: dict[str, _Unit] = {}
         for item in working_set:
             origin_id = item.origin_ids[0]
@@ -123,15 +123,17 @@ class ContextAssembler:
                 units[origin_id] = _Unit(original, [item, original] if originals else [item], _ZERO, 0.0, Tier.L2)
             else:
                 units[origin_id] = _Unit(item, [item], _ZERO, 0.0, Tier.L1)
+        stats = None
         if vector is not None:
-            limit = max(64, budget // 10)
-            for hit in self.store.search(tenant, query, vector, limit=limit):
+            found = self.store.search(tenant, query, vector, limit=max(64, budget // 10))
+            stats = found.stats
+            for hit in found.hits:
                 if hit.item.is_derived or hit.item.id in units:
                     continue
                 units[hit.item.id] = _Unit(hit.item, [hit.item], _ZERO, 0.0)
-        return units
+        return units, stats
 
-    def _score(self, tenant, query, vector, units: dict[str, _Unit], latest_seq, user) -> None:
+    def _score(self, tenant, query, vector, units: dict[str, _Unit], latest_seq, stats, user) -> None:
         ids = list(units)
         if not ids:
             return
@@ -140,29 +142,31 @@ class ContextAssembler:
         dense = np.array([raw.get(i, (0.0, 0.0))[1] for i in ids], dtype=np.float32)
         seqs = np.array([units[i].origin.seq for i in ids], dtype=np.float32)
         importance = np.array([units[i].origin.importance for i in ids], dtype=np.float32)
-        parts = self.scorer.score(bm25=bm25, dense=dense, seqs=seqs, importance=importance, latest_seq=latest_seq, user=user)
+        parts = self.scorer.score(bm25=bm25, dense=dense, seqs=seqs, importance=importance, latest_seq=latest_seq, stats=stats, user=user)
         for i, p in zip(ids, parts):
             units[i].parts, units[i].value = p, p.total
 
-    def _expand_neighbours(self, tenant, query, vector, units: dict[str, _Unit], latest_seq, user, top: int = 16) -> None:
-        """The turn before and after a strong hit inherit a share of its value."""
-        decay = self.scorer.config.neighbour_decay
-        if not decay or not units:
+    def _expand_neighbours(self, tenant, query, vector, units: dict[str, _Unit], latest_seq, stats, user, top: int = 16) -> None:
+        """Turns within `neighbour_window` of a strong hit inherit `decay ** distance` of its
+        value: evidence often spans a few turns (a question, its answer, the follow-up)."""
+        decay, window = self.scorer.config.neighbour_decay, self.scorer.config.neighbour_window
+        if not decay or not window or not units:
             return
         best = sorted(units.values(), key=lambda u: -u.value)[:top]
+        offsets = [d for d in range(-window, window + 1) if d]
         by_seq = {u.origin.seq: u for u in units.values()}
-        wanted = {s for u in best for s in (u.origin.seq - 1, u.origin.seq + 1) if s >= 0 and s not in by_seq}
-        fresh = [i for i in self.store.get_by_seq(tenant, sorted(wanted)) if i.id not in units]
+        wanted = {u.origin.seq + d for u in best for d in offsets} - by_seq.keys()
+        fresh = [i for i in self.store.get_by_seq(tenant, sorted(s for s in wanted if s >= 0)) if i.id not in units]
         for item in fresh:
             units[item.id] = _Unit(item, [item], _ZERO, 0.0)
         if fresh:
-            self._score(tenant, query, vector, units, latest_seq, user)  # one normalisation for all
+            self._score(tenant, query, vector, units, latest_seq, stats, user)  # one normalisation for all
             by_seq = {u.origin.seq: u for u in units.values()}
         for u in best:
-            for s in (u.origin.seq - 1, u.origin.seq + 1):
-                n = by_seq.get(s)
+            for d in offsets:
+                n = by_seq.get(u.origin.seq + d)
                 if n is not None:
-                    n.value = max(n.value, decay * u.value)
+                    n.value = max(n.value, decay ** abs(d) * u.value)
 
     # -- packing ---------------------------------------------------------------------
     def _pack(self, units: dict[str, _Unit], budget: int, recent: set[str]) -> dict[str, int]:

@@ -4,7 +4,8 @@ Every candidate gets a `ScoreParts` whose fields appear in the assembly report, 
 user can see *why* an item made it in (or did not)::
 
     total = w_rel * relevance + w_rec * recency + w_imp * importance
-    relevance = bm25_share * bm25 / max_bm25 + (1 - bm25_share) * dense (min-max scaled)
+    fused     = bm25_share * z(bm25) + (1 - bm25_share) * z(dense)   (z over the collection)
+    relevance = max(fused, 0) / max(fused over the candidates)
     recency = 0.5 ** (items since / half_life_items)
 
 The weights start from `ScoringConfig` and are learned per user by `PreferenceModel`
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from tiered_context.core.store import SignalStats
 from tiered_context.errors import ConfigError
 
 __all__ = ["ScoringConfig", "ScoreParts", "Scorer", "PreferenceModel"]
@@ -34,8 +36,9 @@ class ScoringConfig:
     importance_weight: float = 0.1
     bm25_share: float = 0.5
     half_life_items: float = 100.0
-    neighbour_decay: float = 0.5
-    length_exponent: float = 0.5
+    neighbour_decay: float = 0.7
+    neighbour_window: int = 3
+    length_exponent: float = 0.25
 
     def __post_init__(self) -> None:
         for name in ("relevance_weight", "recency_weight", "importance_weight"):
@@ -47,6 +50,8 @@ class ScoringConfig:
             raise ConfigError("half_life_items must be > 0")
         if not 0 <= self.neighbour_decay < 1:
             raise ConfigError("neighbour_decay must be in [0, 1)")
+        if not 0 <= self.neighbour_window <= 10:
+            raise ConfigError("neighbour_window must be in [0, 10] turns")
         if not 0 <= self.length_exponent <= 1:
             raise ConfigError("length_exponent must be in [0, 1] (0 = pack by score, 1 = by score per token)")
 
@@ -120,15 +125,16 @@ class Scorer:
         seqs: np.ndarray,
         importance: np.ndarray,
         latest_seq: int,
+        stats: SignalStats | None = None,
         user: str | None = None,
     ) -> list[ScoreParts]:
         cfg = self.config
-        bm25_norm = bm25 / bm25.max() if len(bm25) and bm25.max() > 0 else np.zeros_like(bm25)
-        if len(dense) and dense.max() > dense.min():
-            dense_norm = (dense - dense.min()) / (dense.max() - dense.min())
-        else:
-            dense_norm = np.zeros_like(dense)
-        relevance = cfg.bm25_share * bm25_norm + (1 - cfg.bm25_share) * dense_norm
+        stats = stats or SignalStats()
+        fused = cfg.bm25_share * (bm25 - stats.bm25_mean) / stats.bm25_std + (1 - cfg.bm25_share) * (
+            dense - stats.dense_mean
+        ) / stats.dense_std
+        fused = np.maximum(fused, 0)
+        relevance = fused / fused.max() if len(fused) and fused.max() > 0 else fused
         recency = np.power(0.5, np.maximum(latest_seq - seqs, 0) / cfg.half_life_items)
         parts = np.stack([relevance, recency, importance], axis=1)
         learned = parts @ self.preferences.weights(user)

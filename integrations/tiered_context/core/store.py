@@ -28,7 +28,7 @@ from tiered_context.core.items import ContextItem, Tier
 from tiered_context.core.lexical import BM25Index
 from tiered_context.errors import DuplicateItemError, StoreError
 
-__all__ = ["ColdStore", "Hit", "LocalColdStore"]
+__all__ = ["ColdStore", "Hit", "LocalColdStore", "SearchResult", "SignalStats"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +38,25 @@ class Hit:
     item: ContextItem
     bm25: float
     dense: float
+
+
+@dataclass(frozen=True, slots=True)
+class SignalStats:
+    """Mean and standard deviation of each raw signal over the tenant's whole collection
+    for one query: what turns raw BM25 and cosine scores into comparable z-scores."""
+
+    bm25_mean: float = 0.0
+    bm25_std: float = 1.0
+    dense_mean: float = 0.0
+    dense_std: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    """Candidates for one query, and the statistics to normalise their scores."""
+
+    hits: list[Hit]
+    stats: SignalStats
 
 
 @runtime_checkable
@@ -50,7 +69,7 @@ class ColdStore(Protocol):
 
     def get_by_seq(self, tenant: str, seqs: Iterable[int]) -> list[ContextItem]: ...
 
-    def search(self, tenant: str, query: str, vector: np.ndarray, *, limit: int) -> list[Hit]: ...
+    def search(self, tenant: str, query: str, vector: np.ndarray, *, limit: int) -> SearchResult: ...
 
     def score(self, tenant: str, query: str, vector: np.ndarray, ids: Iterable[str]) -> dict[str, tuple[float, float]]: ...
 
@@ -173,11 +192,12 @@ class LocalColdStore:
             return 0
         return len(part.by_seq) if originals_only else len(part.items)
 
-    def search(self, tenant: str, query: str, vector: np.ndarray, *, limit: int) -> list[Hit]:
-        """Union of the top `limit` by BM25 and the top `limit` by cosine, with both parts."""
+    def search(self, tenant: str, query: str, vector: np.ndarray, *, limit: int) -> SearchResult:
+        """Union of the top `limit` by BM25 and the top `limit` by cosine, with both
+        parts, and the collection-wide statistics of each signal for this query."""
         part = self._parts.get(tenant)
         if part is None or not part.items:
-            return []
+            return SearchResult([], SignalStats())
         with self._lock:
             bm25 = part.bm25.scores(query)
             dense = part.matrix @ np.asarray(vector, dtype=np.float32).reshape(-1)
@@ -188,7 +208,8 @@ class LocalColdStore:
         if len(positive) > k:
             positive = positive[np.argpartition(-bm25[positive], k - 1)[:k]]
         top.update(positive.tolist())
-        return [Hit(part.items[i], float(bm25[i]), float(dense[i])) for i in sorted(top)]
+        stats = SignalStats(float(bm25.mean()), float(bm25.std()) or 1.0, float(dense.mean()), float(dense.std()) or 1.0)
+        return SearchResult([Hit(part.items[i], float(bm25[i]), float(dense[i])) for i in sorted(top)], stats)
 
     def score(self, tenant: str, query: str, vector: np.ndarray, ids: Iterable[str]) -> dict[str, tuple[float, float]]:
         """(bm25, cosine) for each of `ids` stored under `tenant`."""
@@ -204,7 +225,7 @@ class LocalColdStore:
             dense = part.matrix[idx] @ np.asarray(vector, dtype=np.float32).reshape(-1)
         return {i: (float(bm25[r]), float(d)) for (i, r), d in zip(rows, dense)}
 
-    async def asearch(self, tenant: str, query: str, vector: np.ndarray, *, limit: int) -> list[Hit]:
+    async def asearch(self, tenant: str, query: str, vector: np.ndarray, *, limit: int) -> SearchResult:
         return self.search(tenant, query, vector, limit=limit)  # in-memory: no I/O to await
 
     def close(self) -> None:
