@@ -74,6 +74,7 @@ class _Unit:
     tier: Tier = Tier.L3  # where it came from: L1/L2 working set, or L3 retrieval
     costs: list[int] = field(default_factory=list)
     day: str | None = None
+    bundle: tuple[str, ...] = ()  # origin ids packed together (a tool call and its results)
 
 
 class ContextAssembler:
@@ -108,6 +109,7 @@ class ContextAssembler:
         units, stats = self._candidates(tenant, query, vector, working_set, budget)
         self._score(tenant, query, vector, units, latest_seq, stats, user)
         self._expand_neighbours(tenant, query, vector, units, latest_seq, stats, user)
+        self._link_tool_calls(tenant, units)
         recent = {i.origin_ids[0] for i in sorted(working_set, key=lambda i: i.seq)[-recent_items:]} if recent_items else set()
         chosen = self._pack(units, budget, recent)
         return self._result(units, chosen, budget, started, events)
@@ -168,6 +170,36 @@ class ContextAssembler:
                 if n is not None:
                     n.value = max(n.value, decay ** abs(d) * u.value)
 
+    def _link_tool_calls(self, tenant: str, units: dict[str, _Unit], reach: int = 8) -> None:
+        """Bundle each tool call with its results (metadata `tool_call_ids` on the call,
+        `tool_call_id` on each result) so that packing never splits a pair: an orphaned
+        tool message is a provider error. Missing partners are fetched from nearby turns."""
+        linked = {o: ids for o, u in units.items() if (ids := _call_ids(u.origin))}
+        for u in units.values():
+            u.bundle = (u.origin.id,)
+        if not linked:
+            return
+        wanted = {s for o in linked for s in range(units[o].origin.seq - reach, units[o].origin.seq + reach + 1)}
+        wanted -= {u.origin.seq for u in units.values()}
+        known = set().union(*linked.values())
+        for item in self.store.get_by_seq(tenant, sorted(s for s in wanted if s >= 0)):
+            ids = _call_ids(item)
+            if ids & known and item.id not in units:
+                units[item.id] = _Unit(item, [item], _ZERO, 0.0, bundle=(item.id,))
+                linked[item.id] = ids
+        groups: list[tuple[set[str], set[str]]] = []  # (call ids, origin ids)
+        for origin, ids in linked.items():
+            merged = (set(ids), {origin})
+            for group in [g for g in groups if g[0] & ids]:
+                groups.remove(group)
+                merged[0].update(group[0])
+                merged[1].update(group[1])
+            groups.append(merged)
+        for _, members in groups:
+            ordered = tuple(sorted(members, key=lambda o: units[o].origin.seq))
+            for o in members:
+                units[o].bundle = ordered
+
     # -- packing ---------------------------------------------------------------------
     def _pack(self, units: dict[str, _Unit], budget: int, recent: set[str]) -> dict[str, int]:
         """Origin id -> index of the chosen form. Greedy by value per token^alpha, then
@@ -182,30 +214,35 @@ class ContextAssembler:
             extra = self._header_cost[unit.day] if unit.day is not None and unit.day not in days else 0
             return unit.costs[form] + extra + 1  # +1: the joining newline
 
-        def take(unit: _Unit, form: int) -> None:
+        def take(unit: _Unit, best: bool = False) -> bool:
+            """Take `unit` with its whole bundle if it all fits (cheapest forms unless best)."""
             nonlocal remaining
-            remaining -= cost(unit, form)
-            chosen[unit.origin.id] = form
-            if unit.day is not None:
-                days.add(unit.day)
+            members = [units[o] for o in unit.bundle if o not in chosen]
+            forms = [len(m.forms) - 1 if best else 0 for m in members]
+            need = sum(cost(m, f) for m, f in zip(members, forms))
+            if need > remaining:
+                return False
+            remaining -= need
+            for m, f in zip(members, forms):
+                chosen[m.origin.id] = f
+                if m.day is not None:
+                    days.add(m.day)
+            return True
 
         pinned = [u for u in units.values() if u.origin.pinned]
-        need = sum(cost(u, len(u.forms) - 1) for u in pinned)
-        if need > budget:
+        if not all(take(u, best=True) for u in pinned):
+            need = sum(u.costs[-1] + 1 for u in pinned)
             raise BudgetError(
-                f"pinned items need {need} tokens but the budget is {budget}; raise budget= "
+                f"pinned items need about {need} tokens but the budget is {budget}; raise budget= "
                 "(or Budget.max_tokens), or unpin / shorten the pinned items"
             )
-        for u in pinned:
-            take(u, len(u.forms) - 1)
         for origin in recent:
-            u = units.get(origin)
-            if u is not None and origin not in chosen and cost(u, 0) <= remaining:
-                take(u, 0)
+            if origin in units and origin not in chosen:
+                take(units[origin])
         order = sorted(units.values(), key=lambda u: -u.value / max(u.costs[0], 1) ** alpha)
         for u in order:
-            if u.origin.id not in chosen and u.value > 0 and cost(u, 0) <= remaining:
-                take(u, 0)
+            if u.origin.id not in chosen and u.value > 0:
+                take(u)
         for u in sorted((units[o] for o in chosen), key=lambda u: -u.value):
             best = len(u.forms) - 1
             extra = u.costs[best] - u.costs[chosen[u.origin.id]]
@@ -245,8 +282,10 @@ class ContextAssembler:
             drop = min((o for o in picked if not units[o].origin.pinned), key=lambda o: units[o].value, default=None)
             if drop is None:
                 raise BudgetError(f"pinned items alone render to {tokens} tokens > budget {budget}; raise the budget")
-            picked.remove(drop)
-            del chosen[drop]
+            for o in units[drop].bundle:  # a bundle leaves whole
+                if o in chosen:
+                    picked.remove(o)
+                    del chosen[o]
             items = [units[o].forms[chosen[o]] for o in picked]
             text = render(items)
             tokens = self.counter.count(text)
@@ -274,3 +313,10 @@ class ContextAssembler:
 
 
 _ZERO = ScoreParts(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def _call_ids(item: ContextItem) -> set[str]:
+    ids = {str(c) for c in item.metadata.get("tool_call_ids") or ()}
+    if item.metadata.get("tool_call_id"):
+        ids.add(str(item.metadata["tool_call_id"]))
+    return ids

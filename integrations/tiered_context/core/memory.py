@@ -29,6 +29,8 @@ from tiered_context.errors import ConfigError, InputError
 __all__ = ["TieredContext", "Compaction"]
 
 log = logging.getLogger("tiered_context")
+#: After a failed compression, how many more puts before it is tried again.
+RETRY_AFTER_ITEMS = 16
 _RANK = {level: rank for rank, level in enumerate(LadderLevel)}
 
 
@@ -99,6 +101,7 @@ class TieredContext:
         self._pending: Future | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._next_seq = 0
+        self._retry_at = 0
         self._resume()
 
     # -- writing -------------------------------------------------------------------------
@@ -239,6 +242,8 @@ class TieredContext:
 
     def _schedule_compression(self) -> None:
         """Pick the batch now (deterministic), compress it inline or in the background."""
+        if self._next_seq < self._retry_at:
+            return
         limit = self.budget.working_limit
         ratio = self.budget.compression_ratio
         tokens = self.working_tokens
@@ -258,32 +263,37 @@ class TieredContext:
         if not batch and not retire:
             return
         if self.compaction == Compaction.INLINE:
-            self._apply(batch, retire, self.compressor.compress(batch, ratio) if batch else [])
+            self._compress(batch, retire, ratio)
             return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tiered-compaction")
-        self._pending = self._executor.submit(self._compress_in_background, batch, retire, ratio)
+        self._pending = self._executor.submit(self._compress, batch, retire, ratio)
 
-    def _compress_in_background(self, batch, retire, ratio) -> None:
+    def _compress(self, batch: list[ContextItem], retire: list[str], ratio: float) -> None:
+        """Compress `batch` into L2 and retire `retire` to L3. A failure leaves every item
+        exactly as it was (logged, reported) and is retried after `RETRY_AFTER_ITEMS` puts."""
+        failed = ""
         try:
             forms = self.compressor.compress(batch, ratio) if batch else []
-        except Exception as exc:  # a failed compression leaves history as it was
+        except Exception as exc:
             log.warning("compression of %d items failed; they stay verbatim in L1: %s", len(batch), exc)
-            forms, batch = [], []
+            failed, forms, batch = f"compression failed ({exc}); history unchanged", [], []
         with self._lock:
             self._pending = None
-            self._apply(batch, retire, forms)
-
-    def _apply(self, batch, retire, forms) -> None:
-        for origin in retire:
-            self._working.pop(origin, None)
-        for original, form in zip(batch, forms):
-            if self._working.get(original.id) is original and form.tokens < original.tokens:
-                self._working[original.id] = form
-        self._emit(LadderEvent(level=LadderLevel.COMPRESS, working_tokens=self.working_tokens, limit_tokens=self.budget.working_limit,
-                               item_ids=tuple(i.id for i in batch), detail=f"compressed {len(forms)} to L2, retired {len(retire)} to L3"))
-        if self.budget.level(self.working_tokens) in (LadderLevel.COMPRESS, LadderLevel.PRUNE):
-            self._schedule_compression()
+            before = self.working_tokens
+            for origin in retire:
+                self._working.pop(origin, None)
+            for original, form in zip(batch, forms):
+                if self._working.get(original.id) is original and form.tokens < original.tokens:
+                    self._working[original.id] = form
+            if failed:
+                self._retry_at = self._next_seq + RETRY_AFTER_ITEMS
+            self._emit(LadderEvent(level=LadderLevel.COMPRESS, working_tokens=self.working_tokens,
+                                   limit_tokens=self.budget.working_limit, item_ids=tuple(i.id for i in batch),
+                                   detail=failed or f"compressed {len(forms)} to L2, retired {len(retire)} to L3"))
+            progressed = self.working_tokens < before
+            if progressed and self.budget.level(self.working_tokens) in (LadderLevel.COMPRESS, LadderLevel.PRUNE):
+                self._schedule_compression()
 
     def _emit(self, event: LadderEvent) -> None:
         self._events.append(event)
@@ -296,12 +306,13 @@ class TieredContext:
 
     # -- housekeeping ----------------------------------------------------------------------
     def flush(self) -> None:
-        """Wait until background compaction has finished."""
-        while True:
-            pending = self._pending
-            if pending is None:
-                return
-            pending.result()
+        """Wait until background compaction has finished and the ladder has settled."""
+        for settle in (True, False):
+            while (pending := self._pending) is not None:
+                pending.result()
+            if settle:  # puts that raced a finished batch may leave one more step to take
+                with self._lock:
+                    self._ladder()
 
     async def aflush(self) -> None:
         await asyncio.to_thread(self.flush)
