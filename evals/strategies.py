@@ -15,6 +15,8 @@ chronological order, and never cut a turn: a turn that does not fit whole is ski
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -184,6 +186,8 @@ class TieredStrategy:
         self._ctx: Any = None
 
     def ingest(self, conv: Conversation) -> None:
+        if self._ctx is not None:
+            self._ctx.close()
         ctx = self._factory(session_id=conv.id, **self._options)
         for turn in conv.turns:
             role = "assistant" if conv.speakers and turn.speaker == conv.speakers[1] else "user"
@@ -204,9 +208,35 @@ class TieredStrategy:
         return Packed(text=out.text, tokens=int(out.tokens), covered=set(out.covered("dia_id")))
 
 
-#: Name -> factory of a fresh strategy (one per conversation).
+@functools.lru_cache(maxsize=1)
+def _minilm() -> Any:
+    from tiered_context import MiniLMEmbedder
+
+    return MiniLMEmbedder()  # one ONNX session shared by every conversation
+
+
+def _ablation(name: str, **settings: Any) -> Callable[[], Strategy]:
+    def factory() -> Strategy:
+        from tiered_context import ScoringConfig
+
+        options = dict(settings)
+        if "scoring" in options:
+            options["scoring"] = ScoringConfig(**options["scoring"])
+        if options.pop("minilm", False):
+            options["embedder"] = _minilm()
+        return TieredStrategy(name=name, **options)
+
+    return factory
+
+
+#: Name -> factory of a fresh strategy (one per conversation). `tiered:*` are ablations
+#: of the default configuration, each changing one thing.
 STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "recency": RecencyStrategy,
     "bm25": BM25Strategy,
     "tiered": TieredStrategy,
+    "tiered:minilm": _ablation("tiered:minilm", minilm=True),
+    "tiered:bm25-only": _ablation("tiered:bm25-only", scoring={"bm25_share": 1.0}),
+    "tiered:dense-only": _ablation("tiered:dense-only", scoring={"bm25_share": 0.0}),
+    "tiered:no-neighbours": _ablation("tiered:no-neighbours", scoring={"neighbour_decay": 0.0}),
 }

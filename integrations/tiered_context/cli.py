@@ -3,6 +3,7 @@
     tiered-context eval --data-locomo locomo10.json --data-qmsum qmsum/val \\
         --budgets 1000,2000 --strategies recency,bm25,tiered --out out/eval
 
+`bench` times ingest and assembly (see `tiered_context.evals.bench_speed`).
 `eval` measures evidence recall at token budgets (see `tiered_context.evals.retention`),
 writes ``results.json`` and ``results.md`` into ``--out`` and prints the tables.
 """
@@ -57,7 +58,32 @@ def _parser() -> argparse.ArgumentParser:
                     help="only the first N questions of each conversation")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     ev.set_defaults(subparser=ev)  # usage errors then show the `eval` usage
+    be = sub.add_parser("bench", help="ingest rate and assembly latency",
+                        description="Speed benchmarks on real conversation text (evals/bench_speed.py).")
+    be.add_argument("--data-locomo", type=Path, metavar="PATH", required=True, help="LoCoMo JSON file")
+    be.add_argument("--data-qmsum", type=Path, metavar="DIR", help="QMSum split directory (more text for big N)")
+    be.add_argument("--items", type=_csv(int, "--items"), default=[1000, 10000],
+                    help="store sizes for the assembly latency (default: 1000,10000)")
+    be.add_argument("--out", type=Path, default=Path("out/bench"), help="output directory")
+    be.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    be.set_defaults(subparser=be)
     return parser
+
+
+def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from tiered_context.evals import datasets
+    from tiered_context.evals.bench_speed import run_bench, write_bench
+
+    if not args.data_locomo.is_file():
+        parser.error(f"--data-locomo {args.data_locomo}: not found; fix the path given to --data-locomo")
+    if args.data_qmsum is not None and not args.data_qmsum.is_dir():
+        parser.error(f"--data-qmsum {args.data_qmsum}: not a directory; fix the path given to --data-qmsum")
+    extra = datasets.load_qmsum(args.data_qmsum) if args.data_qmsum else []
+    rows = run_bench(datasets.load_locomo(args.data_locomo), extra, sizes=args.items, progress=not args.no_progress)
+    json_path, md_path = write_bench(rows, args.out)
+    print(md_path.read_text(encoding="utf-8"))
+    print(f"wrote {json_path}\nwrote {md_path}")
+    return 0
 
 
 def _eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -108,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "eval":
         return _eval(args, args.subparser)
+    if args.command == "bench":
+        return _bench(args, args.subparser)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse guards
     return 2  # pragma: no cover
 
