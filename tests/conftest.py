@@ -1,0 +1,104 @@
+"""Shared fixtures and the network guard: unit tests never leave the machine.
+
+* Every connection to a non-loopback address raises ``RuntimeError("test tried to reach
+  the network: ...")`` (only 127.0.0.0/8, ::1, ``localhost`` and AF_UNIX are allowed).
+* ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` are set before any test module imports a
+  model library, and are inherited by subprocesses the tests start.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+
+
+def _is_loopback_host(host: Any) -> bool:
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    if not isinstance(host, str):
+        return False
+    host = host.strip().lower().strip("[]").split("%", 1)[0]  # "[::1]", "fe80::1%eth0"
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # any other host name would need DNS: that is the network
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def _allowed(family: Any, address: Any) -> bool:
+    if hasattr(socket, "AF_UNIX") and family == socket.AF_UNIX:
+        return True
+    if isinstance(address, (str, bytes)):  # a path: AF_UNIX given without the family
+        return family is None or (hasattr(socket, "AF_UNIX") and family == socket.AF_UNIX)
+    if isinstance(address, tuple) and address:
+        return _is_loopback_host(address[0])
+    return False
+
+
+def _refuse(address: Any) -> RuntimeError:
+    return RuntimeError(f"test tried to reach the network: {address!r} (only loopback and AF_UNIX are allowed)")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_network() -> Iterator[None]:
+    """Session-wide: a connection to anything but loopback / AF_UNIX fails loudly."""
+    original_connect = socket.socket.connect
+    original_connect_ex = socket.socket.connect_ex
+    original_create_connection = socket.create_connection
+
+    def guarded_connect(self: socket.socket, address: Any) -> Any:
+        if not _allowed(self.family, address):
+            raise _refuse(address)
+        return original_connect(self, address)
+
+    def guarded_connect_ex(self: socket.socket, address: Any) -> Any:
+        if not _allowed(self.family, address):
+            raise _refuse(address)
+        return original_connect_ex(self, address)
+
+    def guarded_create_connection(address: Any, *args: Any, **kwargs: Any) -> socket.socket:
+        if not _allowed(None, address):
+            raise _refuse(address)
+        return original_create_connection(address, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TRANSFORMERS_OFFLINE", "1")
+        mp.setattr(socket.socket, "connect", guarded_connect)
+        mp.setattr(socket.socket, "connect_ex", guarded_connect_ex)
+        mp.setattr(socket, "create_connection", guarded_create_connection)
+        yield
+
+
+@pytest.fixture
+def hash_ctx():
+    """A fresh in-memory `TieredContext` with the deterministic `HashEmbedder`, inline compaction."""
+    from tiered_context import TieredContext
+    from tiered_context.testing import HashEmbedder
+
+    ctx = TieredContext(session_id="t", embedder=HashEmbedder(), compaction="inline")
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """`/work/shared/data` (LoCoMo, QMSum), located relative to the repository."""
+    path = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not path.is_dir():
+        pytest.skip(f"shared data not found at {path}")
+    return path
