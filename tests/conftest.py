@@ -53,34 +53,54 @@ def _refuse(address: Any) -> RuntimeError:
     return RuntimeError(f"test tried to reach the network: {address!r} (only loopback and AF_UNIX are allowed)")
 
 
+def _guarded_connect(self: socket.socket, address: Any) -> Any:
+    if not _allowed(self.family, address):
+        raise _refuse(address)
+    return _ORIGINAL_CONNECT(self, address)
+
+
+def _guarded_connect_ex(self: socket.socket, address: Any) -> Any:
+    if not _allowed(self.family, address):
+        raise _refuse(address)
+    return _ORIGINAL_CONNECT_EX(self, address)
+
+
+def _guarded_create_connection(address: Any, *args: Any, **kwargs: Any) -> socket.socket:
+    if not _allowed(None, address):
+        raise _refuse(address)
+    return _ORIGINAL_CREATE_CONNECTION(address, *args, **kwargs)
+
+
+_ORIGINAL_CONNECT = socket.socket.connect
+_ORIGINAL_CONNECT_EX = socket.socket.connect_ex
+_ORIGINAL_CREATE_CONNECTION = socket.create_connection
+
+
+def _arm(mp: pytest.MonkeyPatch) -> None:
+    if socket.socket.connect is not _guarded_connect:
+        mp.setattr(socket.socket, "connect", _guarded_connect)
+    if socket.socket.connect_ex is not _guarded_connect_ex:
+        mp.setattr(socket.socket, "connect_ex", _guarded_connect_ex)
+    if socket.create_connection is not _guarded_create_connection:
+        mp.setattr(socket, "create_connection", _guarded_create_connection)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _no_network() -> Iterator[None]:
     """Session-wide: a connection to anything but loopback / AF_UNIX fails loudly."""
-    original_connect = socket.socket.connect
-    original_connect_ex = socket.socket.connect_ex
-    original_create_connection = socket.create_connection
-
-    def guarded_connect(self: socket.socket, address: Any) -> Any:
-        if not _allowed(self.family, address):
-            raise _refuse(address)
-        return original_connect(self, address)
-
-    def guarded_connect_ex(self: socket.socket, address: Any) -> Any:
-        if not _allowed(self.family, address):
-            raise _refuse(address)
-        return original_connect_ex(self, address)
-
-    def guarded_create_connection(address: Any, *args: Any, **kwargs: Any) -> socket.socket:
-        if not _allowed(None, address):
-            raise _refuse(address)
-        return original_create_connection(address, *args, **kwargs)
-
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("TRANSFORMERS_OFFLINE", "1")
-        mp.setattr(socket.socket, "connect", guarded_connect)
-        mp.setattr(socket.socket, "connect_ex", guarded_connect_ex)
-        mp.setattr(socket, "create_connection", guarded_create_connection)
+        _arm(mp)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _no_network_rearm(_no_network: None) -> Iterator[None]:
+    """Re-arm the guard for every test: plugins such as pytest-socket reset
+    ``socket.socket.connect`` to the real one in their per-test teardown hook."""
+    with pytest.MonkeyPatch.context() as mp:
+        _arm(mp)
         yield
 
 

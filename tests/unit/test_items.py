@@ -182,11 +182,6 @@ def test_repr_is_short_and_useful() -> None:
     assert "from=1" in repr(derived)
 
 
-@pytest.mark.xfail(
-    reason="BUG: ContextItem is a frozen dataclass but hash() raises TypeError "
-    "(the mappingproxy metadata field is part of the generated __hash__)",
-    strict=True,
-)
 def test_items_are_hashable() -> None:
     item = ContextItem.create("hello", timestamp=1.0)
     assert len({item, item}) == 1

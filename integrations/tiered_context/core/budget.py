@@ -78,7 +78,7 @@ class Budget:
     recent_items: int = 2
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_tokens, int) or self.max_tokens <= 0:
+        if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens <= 0:
             raise ConfigError(f"max_tokens must be a positive int, got {self.max_tokens!r}")
         if self.working_set_tokens is not None and self.working_set_tokens <= 0:
             raise ConfigError("working_set_tokens must be positive (or None for 2 x max_tokens)")
@@ -115,7 +115,11 @@ class Budget:
 
     @classmethod
     def for_model_size(cls, size: ModelSize | Literal["small", "medium", "large"], *, max_tokens: int) -> "Budget":
-        preset = _PRESETS[ModelSize(size)]
+        try:
+            preset = _PRESETS[ModelSize(size)]
+        except ValueError:
+            choices = ", ".join(repr(m.value) for m in ModelSize)
+            raise ConfigError(f"unknown model size {size!r}; use one of {choices}") from None
         return cls(max_tokens=max_tokens, compression_ratio=preset["ratio"])
 
     @classmethod

@@ -107,6 +107,9 @@ class ContextItem:
         object.__setattr__(self, "source_ids", tuple(self.source_ids))
         object.__setattr__(self, "tier", Tier(self.tier))
 
+    def __hash__(self) -> int:  # equal items share an id; metadata is not hashable
+        return hash(self.id)
+
     @classmethod
     def create(
         cls,

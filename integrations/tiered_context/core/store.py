@@ -82,6 +82,7 @@ class _Partition:
     """One tenant's items, BM25 index and vectors."""
 
     def __init__(self, dim: int) -> None:
+        self.dim = dim
         self.items: list[ContextItem] = []
         self.index: dict[str, int] = {}
         self.by_seq: dict[int, int] = {}
@@ -129,7 +130,7 @@ class LocalColdStore:
                 file = self.path / "archive.jsonl"
                 if file.exists():
                     self._replay(file)
-                self._journal = open(file, "a", encoding="utf-8")
+                self._journal = open(file, "a", encoding="utf-8")  # after _replay cut any torn tail
             except OSError as exc:
                 raise StoreError(f"cannot open the archive at {self.path}: {exc}; pass a writable path=") from exc
 
@@ -145,18 +146,23 @@ class LocalColdStore:
             raise StoreError(f"{len(items)} items but {len(vectors)} vectors; pass one vector per item")
         with self._lock:
             part = self._partition(tenant, vectors.shape[1] if vectors.ndim == 2 else None)
+            if vectors.ndim != 2 or vectors.shape[1] != part.dim:
+                raise StoreError(
+                    f"vectors of shape {vectors.shape} do not match this tenant's dim {part.dim}; "
+                    "use the same embedder for every item of a store"
+                )
             fresh: list[tuple[ContextItem, np.ndarray]] = []
-            seen: set[str] = set()
+            batch: dict[str, ContextItem] = {}
             for item, vec in zip(items, vectors):
-                if item.id in part.index or item.id in seen:
-                    old = part.items[part.index[item.id]] if item.id in part.index else None
-                    if old is not None and old.text == item.text and old.role == item.role:
-                        continue
+                old = part.items[part.index[item.id]] if item.id in part.index else batch.get(item.id)
+                if old is not None:
+                    if old.text == item.text and old.role == item.role:
+                        continue  # the same item again: idempotent
                     raise DuplicateItemError(
                         f"item id {item.id!r} is already stored with different content; "
                         "give the new item its own id (or omit id= to derive one from content)"
                     )
-                seen.add(item.id)
+                batch[item.id] = item
                 fresh.append((item, vec))
             if self._journal is not None and fresh:
                 lines = [json.dumps({"tenant": tenant, "item": _dump(i), "vec": _b64(v)}, default=str) + "\n" for i, v in fresh]
@@ -253,17 +259,27 @@ class LocalColdStore:
         return part
 
     def _replay(self, file: Path) -> None:
-        with open(file, encoding="utf-8") as fh:
-            for line in fh:
+        """Load every complete record; cut a torn tail (a crash mid-write, never
+        acknowledged) so that the next append starts on a fresh line."""
+        good = 0
+        with open(file, "rb") as fh:
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break  # torn tail
                 try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # torn tail of a crashed write: never acknowledged
+                    rec = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    break
+                good += len(raw)
                 vec = np.frombuffer(base64.b64decode(rec["vec"]), dtype=np.float32)
                 part = self._partition(rec["tenant"], len(vec))
                 item = _load(rec["item"])
                 if item.id not in part.index:
                     part.add(item, vec)
+        if good < file.stat().st_size:
+            with open(file, "r+b") as fh:
+                fh.truncate(good)
+                os.fsync(fh.fileno())
 
 
 def _b64(vec: np.ndarray) -> str:

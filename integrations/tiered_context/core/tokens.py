@@ -97,6 +97,11 @@ class TokenCounter:
         image_tokens: int = IMAGE_TOKENS,
     ) -> "TokenCounter":
         """Wrap any tokenizer: an object with ``encode`` (HF, tiktoken) or a callable."""
+        if isinstance(tokenizer, (str, bytes)):
+            raise ConfigError(
+                f"from_tokenizer takes a tokenizer object, not the name {tokenizer!r}; "
+                f"for a named encoding use TokenCounter({tokenizer!r})"
+            )
         self = cls.__new__(cls)
         encode = tokenizer.encode if hasattr(tokenizer, "encode") else tokenizer
         if not callable(encode):
@@ -140,7 +145,11 @@ class TokenCounter:
                     hi = mid - 1
             cut = text[:lo]
         else:
-            cut = self._decode(list(self._encode(text))[:budget])
+            ids = list(self._encode(text))[:budget]
+            cut = self._decode(ids)
+            while ids and not text.startswith(cut):  # cut inside a character: step back
+                ids.pop()
+                cut = self._decode(ids)
             while cut and self.count(cut) > budget:  # decode/re-encode may merge differently
                 cut = cut[:-1]
         out = cut + marker

@@ -1,0 +1,106 @@
+"""The public API is pinned: a change to `tiered_context.__all__` must be deliberate.
+
+If you add or remove a public name, update `EXPECTED` in the same change (and the docs).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+import tiered_context
+
+EXPECTED = sorted(
+    [
+        "AssembledContext",
+        "AssemblyReport",
+        "Budget",
+        "BudgetError",
+        "ColdStore",
+        "Compaction",
+        "Compressor",
+        "ConfigError",
+        "ContextAssembler",
+        "ContextItem",
+        "DependencyError",
+        "DuplicateItemError",
+        "Embedder",
+        "Hit",
+        "InputError",
+        "LadderEvent",
+        "LadderLevel",
+        "LocalColdStore",
+        "MiniLMEmbedder",
+        "ModelSize",
+        "PreferenceModel",
+        "Role",
+        "ScoreParts",
+        "Scorer",
+        "ScoringConfig",
+        "SelfInformationCompressor",
+        "StoreError",
+        "TieredContext",
+        "TieredContextError",
+        "Tier",
+        "TokenCounter",
+        "WordLlamaEmbedder",
+        "__version__",
+    ]
+)
+
+
+def test_all_is_pinned() -> None:
+    assert sorted(tiered_context.__all__) == EXPECTED
+    assert len(tiered_context.__all__) == len(set(tiered_context.__all__))
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_every_public_name_is_importable(name: str) -> None:
+    module = importlib.import_module("tiered_context")
+    assert getattr(module, name) is not None
+    namespace: dict = {}
+    exec(f"from tiered_context import {name}", namespace)  # noqa: S102 - the import form users write
+    assert name in namespace
+
+
+def test_star_import_gives_exactly_all() -> None:
+    namespace: dict = {}
+    exec("from tiered_context import *", namespace)  # noqa: S102
+    assert sorted(k for k in namespace if k != "__builtins__") == EXPECTED
+
+
+def test_version_is_a_string() -> None:
+    assert isinstance(tiered_context.__version__, str) and tiered_context.__version__.count(".") >= 1
+
+
+def test_error_hierarchy() -> None:
+    from tiered_context import (
+        BudgetError,
+        ConfigError,
+        DependencyError,
+        DuplicateItemError,
+        InputError,
+        StoreError,
+        TieredContextError,
+    )
+
+    for cls in (ConfigError, BudgetError, InputError, DuplicateItemError, DependencyError, StoreError):
+        assert issubclass(cls, TieredContextError)
+    assert issubclass(BudgetError, ConfigError) and issubclass(ConfigError, ValueError)
+    assert issubclass(DuplicateItemError, InputError) and issubclass(InputError, ValueError)
+    assert issubclass(DependencyError, ImportError)
+    assert issubclass(StoreError, RuntimeError)
+
+
+def test_missing_extra_names_the_extra() -> None:
+    from tiered_context.errors import missing_extra
+
+    err = missing_extra("llmlingua", "llmlingua")
+    assert 'pip install "tiered-context[llmlingua]"' in str(err)
+
+
+def test_testing_fakes_are_public() -> None:
+    from tiered_context import testing
+
+    assert sorted(testing.__all__) == ["FailingCompressor", "HashEmbedder"]
