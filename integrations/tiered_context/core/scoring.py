@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -69,7 +69,7 @@ class ScoreParts:
     total: float
 
     def as_dict(self) -> dict[str, float]:
-        return {k: round(v, 4) for k, v in asdict(self).items()}
+        return {k: round(getattr(self, k), 4) for k in self.__slots__}  # no deep copy: hot path
 
 
 class PreferenceModel:

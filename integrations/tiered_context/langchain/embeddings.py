@@ -1,0 +1,127 @@
+"""Embeddings both ways: any LangChain `Embeddings` as the core embedder, and the core's
+offline embedder as a LangChain `Embeddings`.
+
+```python
+from langchain_core.embeddings import DeterministicFakeEmbedding
+from tiered_context import TieredContext
+from tiered_context.langchain.embeddings import LangChainEmbedder, TieredEmbeddings
+
+ctx = TieredContext(session_id="s1", embedder=LangChainEmbedder(DeterministicFakeEmbedding(size=64)))
+emb = TieredEmbeddings()              # WordLlama, 256-d, weights inside its wheel: offline
+emb.embed_query("when is the launch?")  # list[float]
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from tiered_context.errors import ConfigError, missing_extra
+
+try:
+    from langchain_core.embeddings import Embeddings
+except ImportError as exc:  # pragma: no cover
+    raise missing_extra("langchain-core", "langchain") from exc
+
+from tiered_context.core.embed import Embedder, WordLlamaEmbedder
+
+__all__ = ["LangChainEmbedder", "TieredEmbeddings", "as_embedder"]
+
+
+class LangChainEmbedder:
+    """The core `Embedder` protocol over any LangChain `Embeddings`.
+
+    Setup::
+
+        from langchain_openai import OpenAIEmbeddings      # or any Embeddings
+        embedder = LangChainEmbedder(OpenAIEmbeddings())
+        ctx = TieredContext(session_id="s1", embedder=embedder)
+
+    Documents and queries both go through ``embed_documents`` (the core has one
+    ``embed`` for both); ``dim`` is measured with one probe call unless given.
+    """
+
+    def __init__(self, embeddings: Embeddings, *, dim: int | None = None) -> None:
+        if not hasattr(embeddings, "embed_documents"):
+            raise ConfigError(f"expected a LangChain Embeddings, got {type(embeddings).__name__}")
+        self.embeddings = embeddings
+        self._dim = dim
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._dim = len(self.embeddings.embed_query("dimension probe"))
+        return self._dim
+
+    def _array(self, rows: list[list[float]], n: int) -> np.ndarray:
+        if n == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = np.asarray(rows, dtype=np.float32)
+        if out.ndim != 2 or out.shape[0] != n:
+            raise ConfigError(f"{type(self.embeddings).__name__} returned {out.shape} vectors for {n} texts")
+        if self._dim is None:
+            self._dim = int(out.shape[1])
+        return out
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        return self._array(self.embeddings.embed_documents(texts) if texts else [], len(texts))
+
+    async def aembed(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        return self._array(await self.embeddings.aembed_documents(texts) if texts else [], len(texts))
+
+    def __repr__(self) -> str:
+        return f"LangChainEmbedder({type(self.embeddings).__name__})"
+
+
+class TieredEmbeddings(Embeddings):
+    """A LangChain `Embeddings` over a core embedder: by default the offline WordLlama one.
+
+    Setup and use::
+
+        emb = TieredEmbeddings()                     # WordLlama 256-d, no download, no key
+        emb.embed_documents(["a", "b"])              # [[...256 floats], [...]]
+        InMemoryVectorStore(embedding=emb)           # anywhere LangChain takes Embeddings
+
+    Pass ``embedder=`` for another core embedder (``MiniLMEmbedder()``, a test fake).
+    """
+
+    def __init__(self, embedder: Embedder | None = None, *, dim: int = 256) -> None:
+        self.embedder: Embedder = embedder if embedder is not None else WordLlamaEmbedder(dim=dim)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        return np.asarray(self.embedder.embed(list(texts)), dtype=np.float64).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        return np.asarray(self.embedder.embed([text]), dtype=np.float64)[0].tolist()
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        aembed = getattr(self.embedder, "aembed", None)
+        rows = await aembed(list(texts)) if aembed is not None else await asyncio.to_thread(self.embedder.embed, list(texts))
+        return np.asarray(rows, dtype=np.float64).tolist()
+
+    async def aembed_query(self, text: str) -> list[float]:
+        return (await self.aembed_documents([text]))[0]
+
+    def __repr__(self) -> str:
+        return f"TieredEmbeddings({self.embedder!r})"
+
+
+def as_embedder(value: Any) -> Embedder | None:
+    """`value` as a core embedder: LangChain `Embeddings` are wrapped, None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, TieredEmbeddings):
+        return value.embedder
+    if isinstance(value, Embeddings) or (hasattr(value, "embed_documents") and not hasattr(value, "embed")):
+        return LangChainEmbedder(value)
+    return value
