@@ -11,12 +11,26 @@ Each row aggregates one (dataset, strategy, budget, category), plus ``category="
 (the question-weighted mean over every question). ``seconds`` is the wall time of that
 (dataset, strategy, budget): packing time for the budget plus the ingest time split
 evenly across the budgets (each conversation is ingested once per strategy); every
-category row of the triple carries the same value.
+category row of the triple carries the same value. Rows of strategies that compress
+also carry ``compression_ratio`` (mean over questions of the assembled context's
+original tokens / tokens used).
+
+Answer survival (strategies with a per-item ``compressor``, data with answers): for
+LoCoMo single-hop questions whose gold answer appears in an evidence turn (compared
+after SQuAD normalisation: lower case, no punctuation, no articles), that turn is
+compressed at 2x and 3x; the row (``category="answer_survival"``, ``budget=0``) gives
+as ``recall`` the fraction whose answer survives: every term of the answer (the BM25
+terms: stop words and punctuation aside, light stemming) is still in the compressed
+turn, in order. ``strict_recall`` asks for the whole normalised answer string,
+``compression_ratio`` is the achieved ratio (original / compressed tokens of those
+turns) and ``target_ratio`` the one asked for.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import string
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -26,11 +40,18 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from tiered_context.core.lexical import terms
+from tiered_context.core.items import ContextItem
 from tiered_context.evals.datasets import Conversation, category_label
 from tiered_context.evals.strategies import STRATEGIES, Strategy, counter
 
-__all__ = ["BudgetViolation", "ROW_KEYS", "bootstrap_ci", "render_markdown", "run_eval",
-           "write_reports"]
+__all__ = ["BudgetViolation", "ROW_KEYS", "SURVIVAL_RATIOS", "answer_survival", "bootstrap_ci",
+           "render_markdown", "run_eval", "write_reports"]
+
+#: Kept share of tokens for the answer-survival rows: 2x and 3x compression.
+SURVIVAL_RATIOS = (0.5, 1 / 3)
+#: The LoCoMo category whose answers are looked for verbatim in the evidence (single-hop).
+SURVIVAL_CATEGORY = "4"
 
 ROW_KEYS = ("dataset", "strategy", "budget", "category", "recall", "ci_low", "ci_high",
             "questions", "mean_tokens", "seconds")
@@ -90,6 +111,8 @@ def run_eval(
                 scores: dict[int, dict[str, list[tuple[float, int]]]] = {
                     b: defaultdict(list) for b in budgets}
                 seconds = dict.fromkeys(budgets, 0.0)
+                ratios: dict[int, dict[str, list[float]]] = {b: defaultdict(list) for b in budgets}
+                strategy = None
                 for conv in conversations:
                     strategy = factory()
                     start = time.perf_counter()
@@ -105,59 +128,143 @@ def run_eval(
                             evidence = set(question.evidence)
                             recall = len(packed.covered & evidence) / len(evidence)
                             scores[budget][question.category].append((recall, tokens))
+                            if packed.compression_ratio is not None:
+                                ratios[budget][question.category].append(packed.compression_ratio)
                             bar.update()
                 for budget in budgets:
                     rows.extend(_aggregate(dataset, name, budget, scores[budget],
-                                           seconds[budget]))
+                                           seconds[budget], ratios[budget]))
+                compressor = getattr(strategy, "compressor", None) if conversations else None
+                if compressor is not None:
+                    for ratio in SURVIVAL_RATIOS:
+                        row = answer_survival(conversations, compressor, ratio)
+                        if row is not None:
+                            rows.append({"dataset": dataset, "strategy": name, **row})
     finally:
         bar.close()
     return rows
 
 
+def _normalize(text: str) -> str:
+    """SQuAD answer normalisation: lower case, punctuation to spaces, no articles."""
+    text = text.lower().replace("’", "'")
+    text = text.translate(_PUNCT_TO_SPACE)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+_PUNCT_TO_SPACE = str.maketrans({c: " " for c in string.punctuation + "‘’“”"})
+
+
+def _in_order(needle: list[str], hay: list[str]) -> bool:
+    it = iter(hay)
+    return all(any(w == h for h in it) for w in needle)
+
+
+def answer_survival(conversations: Sequence[Conversation], compressor: Any,
+                    ratio: float) -> dict[str, Any] | None:
+    """The answer-survival row fields for one compressor at one ratio (None if no
+    question qualifies): see the module docstring."""
+    cases: list[tuple[str, list[Any]]] = []
+    for conv in conversations:
+        turns = {t.id: t for t in conv.turns}
+        for q in conv.questions:
+            if q.category != SURVIVAL_CATEGORY or not q.answer or not _normalize(q.answer):
+                continue
+            wanted = f" {_normalize(q.answer)} "
+            hits = [turns[e] for e in q.evidence if e in turns and wanted in f" {_normalize(turns[e].text)} "]
+            if hits:
+                cases.append((q.answer, hits))
+    if not cases:
+        return None
+    start = time.perf_counter()
+    loose, strict, original, kept = [], [], 0, 0
+    for answer, hits in cases:
+        items = [ContextItem.create(t.text, id=f"survival:{t.id}", timestamp=t.timestamp,
+                                    metadata={"speaker": t.speaker}) for t in hits]
+        items = [i.evolve(tokens=counter().count(i.text)) for i in items]
+        forms = compressor.compress(items, ratio)
+        original += sum(i.tokens for i in items)
+        kept += sum(counter().count(f.text) for f in forms)
+        want_terms, want = terms(answer), f" {_normalize(answer)} "
+        loose.append(float(any(_in_order(want_terms, terms(f.text)) for f in forms)))
+        strict.append(float(any(want in f" {_normalize(f.text)} " for f in forms)))
+    low, high = bootstrap_ci(loose)
+    return {
+        "budget": 0, "category": "answer_survival", "recall": round(float(np.mean(loose)), 4),
+        "ci_low": round(low, 4), "ci_high": round(high, 4), "questions": len(cases),
+        "mean_tokens": round(kept / len(cases), 1), "seconds": round(time.perf_counter() - start, 3),
+        "compression_ratio": round(original / max(kept, 1), 3), "target_ratio": round(1 / ratio, 2),
+        "strict_recall": round(float(np.mean(strict)), 4),
+    }
+
+
 def _aggregate(dataset: str, strategy: str, budget: int,
                by_category: Mapping[str, list[tuple[float, int]]],
-               seconds: float) -> list[dict[str, Any]]:
+               seconds: float, ratios: Mapping[str, list[float]] | None = None) -> list[dict[str, Any]]:
     groups = {c: by_category[c] for c in sorted(by_category)}
     groups["all"] = [pair for c in sorted(by_category) for pair in by_category[c]]
+    ratios = ratios or {}
+    ratio_groups = {c: list(ratios.get(c, ())) for c in groups}
+    ratio_groups["all"] = [r for c in sorted(by_category) for r in ratios.get(c, ())]
     rows = []
     for category, pairs in groups.items():
         if not pairs:
             continue
         recalls = [r for r, _ in pairs]
         low, high = bootstrap_ci(recalls)
-        rows.append({
+        row = {
             "dataset": dataset, "strategy": strategy, "budget": budget,
             "category": category, "recall": round(float(np.mean(recalls)), 4),
             "ci_low": round(low, 4), "ci_high": round(high, 4), "questions": len(pairs),
             "mean_tokens": round(float(np.mean([t for _, t in pairs])), 1),
             "seconds": round(seconds, 3),
-        })
+        }
+        if ratio_groups[category]:
+            row["compression_ratio"] = round(float(np.mean(ratio_groups[category])), 4)
+        rows.append(row)
     return rows
 
 
 def render_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """One Markdown table per dataset: strategy x budget down, recall per category
-    across, then the overall recall with its 95% bootstrap CI, mean tokens, seconds."""
+    across, then the overall recall with its 95% bootstrap CI, mean tokens, seconds
+    (and the compression ratio when a strategy compresses); then the answer-survival
+    rows, if any, in a table of their own."""
     out: list[str] = []
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        mine = [r for r in rows if r["dataset"] == dataset]
+        mine = [r for r in rows if r["dataset"] == dataset and r["category"] != "answer_survival"]
+        survival = [r for r in rows if r["dataset"] == dataset and r["category"] == "answer_survival"]
         categories = sorted({r["category"] for r in mine} - {"all"})
         cells: dict[tuple[str, int], dict[str, Mapping[str, Any]]] = defaultdict(dict)
         for r in mine:
             cells[(r["strategy"], r["budget"])][r["category"]] = r
         n_all = max((r["questions"] for r in mine if r["category"] == "all"), default=0)
+        ratio = any("compression_ratio" in r for r in mine)
         head = (["strategy", "budget"] + [category_label(c) for c in categories]
-                + ["all", "95% CI (all)", "mean tokens", "seconds"])
-        out += [f"### {dataset} ({n_all} questions)", "",
-                "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                + ["all", "95% CI (all)", "mean tokens", "seconds"] + (["compression"] if ratio else []))
+        if mine:
+            out += [f"### {dataset} ({n_all} questions)", "",
+                    "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for (strategy, budget), by_cat in cells.items():
             total = by_cat["all"]  # every (strategy, budget) with questions has one
             line = [strategy, str(budget)]
             line += [f"{by_cat[c]['recall']:.3f}" if c in by_cat else "" for c in categories]
             line += [f"{total['recall']:.3f}", f"{total['ci_low']:.3f}-{total['ci_high']:.3f}",
                      f"{total['mean_tokens']:.0f}", f"{total['seconds']:.2f}"]
+            if ratio:
+                line.append(f"{total['compression_ratio']:.2f}x" if "compression_ratio" in total else "")
             out.append("| " + " | ".join(line) + " |")
-        out.append("")
+        if mine:
+            out.append("")
+        if survival:
+            out += [f"### {dataset}: answer survival under per-item compression "
+                    f"({survival[0]['questions']} single-hop answers found in their evidence)", "",
+                    "| strategy | target | achieved | answer terms survive | 95% CI | whole answer string |",
+                    "|---|---|---|---|---|---|"]
+            for r in survival:
+                out.append(f"| {r['strategy']} | {r['target_ratio']:.0f}x | {r['compression_ratio']:.2f}x | "
+                           f"{r['recall']:.3f} | {r['ci_low']:.3f}-{r['ci_high']:.3f} | {r['strict_recall']:.3f} |")
+            out.append("")
     return "\n".join(out)
 
 

@@ -56,6 +56,8 @@ class Packed:
     text: str
     tokens: int
     covered: set[str] = field(default_factory=set)
+    #: original tokens of the included items / tokens they used (None: no compression)
+    compression_ratio: float | None = None
 
 
 @runtime_checkable
@@ -184,6 +186,17 @@ class TieredStrategy:
         self._factory = TieredContext
         self._options = options
         self._ctx: Any = None
+        self._compressor: Any = None
+
+    @property
+    def compressor(self) -> Any:
+        """The per-item compressor this configuration uses (None when compression is off);
+        the runner measures answer survival with it."""
+        if self._compressor is None and str(self._options.get("compression", "all")) not in ("off", "Compression.OFF"):
+            from tiered_context import SelfInformationCompressor
+
+            self._compressor = self._options.get("compressor") or SelfInformationCompressor(counter())
+        return self._compressor
 
     def ingest(self, conv: Conversation) -> None:
         if self._ctx is not None:
@@ -205,7 +218,8 @@ class TieredStrategy:
         if self._ctx is None:
             raise RuntimeError("call ingest(conversation) before context(question, budget)")
         out = self._ctx.assemble(question.text, budget=budget)
-        return Packed(text=out.text, tokens=int(out.tokens), covered=set(out.covered("dia_id")))
+        ratio = out.report.compression_ratio if self.compressor is not None else None
+        return Packed(text=out.text, tokens=int(out.tokens), covered=set(out.covered("dia_id")), compression_ratio=ratio)
 
 
 @functools.lru_cache(maxsize=1)
@@ -224,6 +238,10 @@ def _ablation(name: str, **settings: Any) -> Callable[[], Strategy]:
             options["scoring"] = ScoringConfig(**options["scoring"])
         if options.pop("minilm", False):
             options["embedder"] = _minilm()
+        if "summary" in options:
+            from tiered_context.core.summarize import SummaryConfig
+
+            options["summary"] = SummaryConfig(**options["summary"])
         return TieredStrategy(name=name, **options)
 
     return factory
@@ -239,4 +257,10 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "tiered:bm25-only": _ablation("tiered:bm25-only", scoring={"bm25_share": 1.0}),
     "tiered:dense-only": _ablation("tiered:dense-only", scoring={"bm25_share": 0.0}),
     "tiered:no-neighbours": _ablation("tiered:no-neighbours", scoring={"neighbour_decay": 0.0}),
+    # compression: none at all / the ladder's L2 forms only / also forms of retrieved candidates
+    "tiered:no-compress": _ablation("tiered:no-compress", compression="off", summary={"enabled": False}),
+    "tiered:l2-only": _ablation("tiered:l2-only", compression="working-set", summary={"enabled": False}),
+    "tiered:compress": _ablation("tiered:compress", compression="all", summary={"enabled": False}),
+    # the same with progressive summaries made, archived and offered to assembly
+    "tiered:summaries": _ablation("tiered:summaries", compression="all", summary={"enabled": True, "candidates": True}),
 }

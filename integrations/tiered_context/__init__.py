@@ -13,9 +13,18 @@ from tiered_context.core.budget import Budget, LadderEvent, LadderLevel, ModelSi
 from tiered_context.core.compress import Compressor, SelfInformationCompressor
 from tiered_context.core.embed import Embedder, MiniLMEmbedder, WordLlamaEmbedder
 from tiered_context.core.items import ContextItem, Role, Tier
-from tiered_context.core.memory import Compaction, TieredContext
+from tiered_context.core.facts import Fact, FactCheck, check_facts
+from tiered_context.core.memory import Compaction, Compression, TieredContext
 from tiered_context.core.scoring import PreferenceModel, Scorer, ScoreParts, ScoringConfig
 from tiered_context.core.store import ColdStore, Hit, LocalColdStore
+from tiered_context.core.summarize import (
+    ExtractiveSummarizer,
+    LLMSummarizer,
+    Summarizer,
+    SummaryConfig,
+    SummaryError,
+    SummaryRejected,
+)
 from tiered_context.core.tokens import TokenCounter
 from tiered_context.errors import (
     BudgetError,
@@ -36,6 +45,7 @@ __all__ = [
     "BudgetError",
     "ColdStore",
     "Compaction",
+    "Compression",
     "Compressor",
     "ConfigError",
     "ContextAssembler",
@@ -43,8 +53,12 @@ __all__ = [
     "DependencyError",
     "DuplicateItemError",
     "Embedder",
+    "ExtractiveSummarizer",
+    "Fact",
+    "FactCheck",
     "Hit",
     "InputError",
+    "LLMSummarizer",
     "LadderEvent",
     "LadderLevel",
     "LocalColdStore",
@@ -57,10 +71,15 @@ __all__ = [
     "ScoringConfig",
     "SelfInformationCompressor",
     "StoreError",
+    "Summarizer",
+    "SummaryConfig",
+    "SummaryError",
+    "SummaryRejected",
     "TieredContext",
     "TieredContextError",
     "Tier",
     "TokenCounter",
     "WordLlamaEmbedder",
     "__version__",
+    "check_facts",
 ]

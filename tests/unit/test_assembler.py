@@ -181,7 +181,6 @@ def test_invalid_budget_is_config_error(hash_ctx: TieredContext, budget: object)
         hash_ctx.assemble("hello", budget=budget)  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(reason="BUG: assemble(budget=True) is accepted as a 1-token budget (bool is an int)", strict=True)
 def test_bool_budget_is_config_error(hash_ctx: TieredContext) -> None:
     hash_ctx.put("hello")
     with pytest.raises(ConfigError):

@@ -409,12 +409,6 @@ def test_background_compaction_runs_off_the_calling_thread() -> None:
         ctx.close()
 
 
-@pytest.mark.xfail(
-    reason="BUG: when a compression batch makes no progress (short turns under the "
-    "compressor's min_tokens, or forms no smaller) nothing backs off, so every put above "
-    "2.0x re-compresses a whole batch (127 calls / 9k items for 200 short puts)",
-    strict=True,
-)
 def test_compression_that_cannot_shrink_is_not_retried_on_every_put() -> None:
     compressor = CountingCompressor()
     ctx = make_ctx(compressor)

@@ -133,11 +133,6 @@ def test_config_errors() -> None:
     assert TieredContext(session_id="s", embedder=HashEmbedder(), budget=300).budget.max_tokens == 300
 
 
-@pytest.mark.xfail(
-    reason="BUG: an unknown compaction mode raises a bare ValueError from the Enum, not a "
-    "ConfigError naming 'background' / 'inline'",
-    strict=True,
-)
 def test_unknown_compaction_is_config_error() -> None:
     with pytest.raises(ConfigError):
         TieredContext(session_id="s", embedder=HashEmbedder(), compaction="eager")

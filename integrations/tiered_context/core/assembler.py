@@ -6,24 +6,29 @@ stateless between calls apart from a cache of per-item line costs.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from tiered_context.core.budget import LadderEvent
+from tiered_context.core.compress import Compressor, form_id
 from tiered_context.core.embed import Embedder, normalize
 from tiered_context.core.items import ContextItem, Tier
 from tiered_context.core.render import day_of, header, line, render
 from tiered_context.core.scoring import Scorer, ScoreParts
 from tiered_context.core.store import ColdStore, SignalStats
 from tiered_context.core.tokens import TokenCounter
-from tiered_context.errors import BudgetError
+from tiered_context.errors import BudgetError, ConfigError
 
 __all__ = ["AssembledContext", "AssemblyReport", "ContextAssembler"]
 
 _TRUNCATION_MARKER = " […truncated; the original is archived]"
+log = logging.getLogger("tiered_context")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,6 +45,8 @@ class AssemblyReport:
     scores: dict[str, dict[str, float]]  # every candidate's ScoreParts, by origin id
     provenance: dict[str, tuple[str, ...]]  # included item id -> origin ids
     events: tuple[LadderEvent, ...] = ()
+    #: included summary id -> its fact check (facts, kept, retention, missing names/numbers/dates)
+    fact_checks: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,6 +82,7 @@ class _Unit:
     costs: list[int] = field(default_factory=list)
     day: str | None = None
     bundle: tuple[str, ...] = ()  # origin ids packed together (a tool call and its results)
+    summary: bool = False  # stands for many originals: never counts as covering them
 
 
 class ContextAssembler:
@@ -83,14 +91,39 @@ class ContextAssembler:
     Setup and use (normally through `TieredContext.assemble`)::
 
         assembler = ContextAssembler(counter=TokenCounter(), embedder=WordLlamaEmbedder(),
-                                     store=LocalColdStore(), scorer=Scorer())
+                                     store=LocalColdStore(), scorer=Scorer(),
+                                     compressor=SelfInformationCompressor())  # optional
         out = assembler.assemble("s1", "query", budget=1000, working_set=[...])
+
+    With a `compressor`, every retrieved candidate below the `verbatim_top` best is also
+    offered as a compressed form (`compression_ratio` of its tokens; computed lazily,
+    cached per item): the packer takes cheap forms first so more evidence fits, then
+    upgrades the most valuable picks back to their originals while budget lasts.
+    `summaries` (derived items standing for many originals) compete for what is left
+    and never share a context with one of their own originals.
     """
 
-    def __init__(self, *, counter: TokenCounter, embedder: Embedder, store: ColdStore, scorer: Scorer) -> None:
+    def __init__(
+        self,
+        *,
+        counter: TokenCounter,
+        embedder: Embedder,
+        store: ColdStore,
+        scorer: Scorer,
+        compressor: Compressor | None = None,
+        compression_ratio: float = 0.5,
+        verbatim_top: int = 2,
+        cache_size: int = 100_000,
+    ) -> None:
+        if not 0.05 <= compression_ratio <= 1.0:
+            raise ConfigError(f"compression_ratio must be in [0.05, 1.0], got {compression_ratio}")
         self.counter, self.embedder, self.store, self.scorer = counter, embedder, store, scorer
+        self.compressor, self.compression_ratio, self.verbatim_top = compressor, compression_ratio, verbatim_top
         self._line_cost: dict[str, int] = {}
         self._header_cost: dict[str, int] = {}
+        self._forms: OrderedDict[str, ContextItem] = OrderedDict()  # form id -> compressed form
+        self._cache_size = cache_size
+        self._forms_lock = threading.Lock()
 
     def assemble(
         self,
@@ -103,6 +136,8 @@ class ContextAssembler:
         latest_seq: int = 0,
         user: str | None = None,
         events: tuple[LadderEvent, ...] = (),
+        summaries: Sequence[ContextItem] = (),
+        summary_tenant: str | None = None,
     ) -> AssembledContext:
         started = time.perf_counter()
         vector = normalize(self.embedder.embed([query]))[0] if query.strip() else None
@@ -110,9 +145,38 @@ class ContextAssembler:
         self._score(tenant, query, vector, units, latest_seq, stats, user)
         self._expand_neighbours(tenant, query, vector, units, latest_seq, stats, user)
         self._link_tool_calls(tenant, units)
+        if self.compressor is not None:
+            self._offer_compressed(units, budget)
+        if summaries:
+            self._add_summaries(summary_tenant or tenant, query, vector, units, summaries, latest_seq, stats, user)
         recent = {i.origin_ids[0] for i in sorted(working_set, key=lambda i: i.seq)[-recent_items:]} if recent_items else set()
         chosen = self._pack(units, budget, recent)
         return self._result(units, chosen, budget, started, events)
+
+    def prepare(self, items: Sequence[ContextItem]) -> None:
+        """Compress `items` now and cache the forms, so that assembly does not pay for it.
+        `TieredContext` calls this at ingest (the compressor runs at ~375k tokens/s)."""
+        todo = [i for i in items if not i.pinned and not i.is_derived]
+        if self.compressor is None or not todo:
+            return
+        ratio = self.compression_ratio
+        try:
+            fresh = self.compressor.compress(todo, ratio)
+        except Exception as exc:  # a failing compressor costs compression, never the assembly
+            log.warning("compressing %d items failed; offering originals only: %s", len(todo), exc)
+            return
+        with self._forms_lock:
+            for original, form in zip(todo, fresh):
+                self._forms[form_id(original.id, ratio)] = form
+            while len(self._forms) > self._cache_size:
+                self._forms.popitem(last=False)
+
+    def clear_cache(self) -> None:
+        """Forget cached line costs and compressed forms (e.g. after changing the compressor)."""
+        with self._forms_lock:
+            self._forms.clear()
+        self._line_cost.clear()
+        self._header_cost.clear()
 
     # -- candidates ------------------------------------------------------------------
     def _candidates(self, tenant, query, vector, working_set, budget) -> tuple[dict[str, _Unit], SignalStats | None]:
@@ -200,6 +264,53 @@ class ContextAssembler:
             for o in members:
                 units[o].bundle = ordered
 
+    def _offer_compressed(self, units: dict[str, _Unit], budget: int) -> None:
+        """Offer a compressed form of the single-form candidates below the `verbatim_top`
+        most valuable (as many as could fill the budget four times): computed once per item and
+        ratio (batched), then cached."""
+        ranked = sorted((u for u in units.values() if len(u.forms) == 1 and not u.origin.pinned
+                         and not u.origin.is_derived), key=lambda u: -u.value)[self.verbatim_top:]
+        alpha = self.scorer.config.length_exponent  # the packer's order: value per (compressed) token^alpha
+        ranked.sort(key=lambda u: -u.value / max(1.0, (u.origin.tokens or 1) * self.compression_ratio) ** alpha)
+        reach, cut = 0.0, len(ranked)
+        for k, u in enumerate(ranked):  # forms for as many as could fit four times over, not the tail
+            reach += (u.origin.tokens or 1) * self.compression_ratio
+            if reach > 8 * budget:
+                cut = k + 1
+                break
+        ranked = ranked[:cut]
+        if not ranked:
+            return
+        ratio = self.compression_ratio
+        keys = [form_id(u.origin.id, ratio) for u in ranked]
+        with self._forms_lock:
+            missing = [u.origin for u, k in zip(ranked, keys) if k not in self._forms]
+        self.prepare(missing)  # normally done at ingest; here only for items it has not seen
+        with self._forms_lock:
+            forms = [self._forms.get(k) for k in keys]
+        for u, form in zip(ranked, forms):
+            if form is not None and form.text != u.origin.text and 0 < form.tokens < u.origin.tokens:
+                u.forms.insert(0, form)
+
+    def _add_summaries(self, tenant, query, vector, units: dict[str, _Unit], summaries, latest_seq, stats, user) -> None:
+        """Summaries as candidates, scored on the same scale as the turns: their raw BM25
+        and cosine (from the summary archive) are normalised together with the best turn's."""
+        fresh = [s for s in summaries if s.id not in units]
+        if not fresh:
+            return
+        raw = self.store.score(tenant, query, vector, [s.id for s in fresh]) if vector is not None else {}
+        best = max(units.values(), key=lambda u: u.parts.relevance, default=None)
+        ref = (best.parts.bm25, best.parts.dense) if best is not None else (0.0, 0.0)
+        bm25 = np.array([raw.get(s.id, (0.0, 0.0))[0] for s in fresh] + [ref[0]], dtype=np.float32)
+        dense = np.array([raw.get(s.id, (0.0, 0.0))[1] for s in fresh] + [ref[1]], dtype=np.float32)
+        seqs = np.array([float(s.metadata.get("last_seq", s.seq)) for s in fresh] + [latest_seq], dtype=np.float32)
+        importance = np.array([s.importance for s in fresh] + [0.0], dtype=np.float32)
+        parts = self.scorer.score(bm25=bm25, dense=dense, seqs=seqs, importance=importance, latest_seq=latest_seq,
+                                  stats=stats, user=user)
+        for summary, p in zip(fresh, parts):
+            units[summary.id] = _Unit(summary, [summary], p, p.total * SUMMARY_WEIGHT, Tier.L3,
+                                      bundle=(summary.id,), summary=True)
+
     # -- packing ---------------------------------------------------------------------
     def _pack(self, units: dict[str, _Unit], budget: int, recent: set[str]) -> dict[str, int]:
         """Origin id -> index of the chosen form. Greedy by value per token^alpha, then
@@ -210,27 +321,39 @@ class ContextAssembler:
         days: set[str] = set()
         remaining = budget
 
-        def cost(unit: _Unit, form: int) -> int:
-            extra = self._header_cost[unit.day] if unit.day is not None and unit.day not in days else 0
-            return unit.costs[form] + extra + 1  # +1: the joining newline
+        blocked: set[str] = set()  # originals a chosen summary stands for
 
-        def take(unit: _Unit, best: bool = False) -> bool:
-            """Take `unit` with its whole bundle if it all fits (cheapest forms unless best)."""
+        def take(unit: _Unit, alone: bool = False) -> bool:
+            """Take `unit` with its whole bundle if it all fits (cheapest forms; pinned
+            members whole). A summary and its own originals exclude each other."""
             nonlocal remaining
-            members = [units[o] for o in unit.bundle if o not in chosen]
-            forms = [len(m.forms) - 1 if best else 0 for m in members]
-            need = sum(cost(m, f) for m, f in zip(members, forms))
+            members = [units[o] for o in ((unit.origin.id,) if alone else unit.bundle) if o not in chosen]
+            if unit.summary:
+                sources = set(unit.origin.source_ids)
+                if sources & blocked or any(o in chosen for o in sources):
+                    return False
+            elif any(m.origin.id in blocked for m in members):
+                return False
+            forms = [len(m.forms) - 1 if m.origin.pinned else 0 for m in members]
+            need, new_days = 0, set()
+            for m, f in zip(members, forms):
+                need += m.costs[f] + 1  # +1: the joining newline
+                if m.day is not None and m.day not in days and m.day not in new_days:
+                    need += self._header_cost[m.day]
+                    new_days.add(m.day)
             if need > remaining:
                 return False
             remaining -= need
             for m, f in zip(members, forms):
                 chosen[m.origin.id] = f
-                if m.day is not None:
-                    days.add(m.day)
+            days.update(new_days)
+            if unit.summary:
+                blocked.update(unit.origin.source_ids)
             return True
 
         pinned = [u for u in units.values() if u.origin.pinned]
-        if not all(take(u, best=True) for u in pinned):
+        # a pinned item comes with its tool-call partners when they fit, else alone
+        if not all(take(u) or take(u, alone=True) for u in pinned):
             need = sum(u.costs[-1] + 1 for u in pinned)
             raise BudgetError(
                 f"pinned items need about {need} tokens but the budget is {budget}; raise budget= "
@@ -307,12 +430,17 @@ class ContextAssembler:
             scores={o: {**u.parts.as_dict(), "value": round(u.value, 4)} for o, u in units.items()},
             provenance={i.id: i.origin_ids for i in items},
             events=events,
+            fact_checks={i.id: dict(i.metadata.get("fact_check") or {}) for o, i in zip(picked, items) if units[o].summary},
         )
-        origins = tuple(units[o].origin for o, i in zip(picked, items) if len(i.origin_ids) == 1)
+        # coverage: originals present verbatim or as a 1:1 form; a summary covers none of its sources
+        origins = tuple(units[o].origin for o, i in zip(picked, items) if len(i.origin_ids) == 1 and not units[o].summary)
         return AssembledContext(text=text, tokens=tokens, items=tuple(items), report=report, origins=origins)
 
 
 _ZERO = ScoreParts(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+#: A summary's value relative to a verbatim item with the same scores (it stands for many
+#: items, but only approximately, and never counts as covering them).
+SUMMARY_WEIGHT = 0.5
 
 
 def _call_ids(item: ContextItem) -> set[str]:

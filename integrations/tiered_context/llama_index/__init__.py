@@ -1,0 +1,50 @@
+"""LlamaIndex adapters of tiered-context: ``pip install "tiered-context[llama-index]"``.
+
+```python
+from tiered_context.llama_index import TieredMemory
+
+memory = TieredMemory.from_defaults(token_limit=2000, session_id="s1")
+agent.run("...", memory=memory)  # FunctionAgent, AgentWorkflow, chat engines
+```
+
+`SemanticCacheLLM` also needs ``tiered-context[qdrant]``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: public name -> the module that defines it. Modules load on first use, so importing
+#: this package needs only llama-index-core, not every other extra.
+_EXPORTS = {
+    "CompressionPostprocessor": "postprocessors",
+    "LlamaIndexEmbedder": "embeddings",
+    "MediaTokens": "_convert",
+    "PriorityPostprocessor": "postprocessors",
+    "SemanticCacheLLM": "cache",
+    "TieredAssemblyEvent": "instrumentation",
+    "TieredCompressionEvent": "instrumentation",
+    "TieredEmbedding": "embeddings",
+    "TieredFactBlock": "blocks",
+    "TieredLadderEvent": "instrumentation",
+    "TieredMemory": "memory",
+    "TieredMemoryBlock": "blocks",
+    "TieredRetriever": "retriever",
+    "TokenBudgetPostprocessor": "postprocessors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

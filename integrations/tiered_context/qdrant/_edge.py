@@ -1,0 +1,331 @@
+"""The embedded default: qdrant-edge-py (Qdrant's Rust engine in the process).
+
+Layout of a store directory::
+
+    PATH/.lock                  flock: one process owns the directory at a time
+    PATH/<collection>/meta.json schema version, kind, vector size (written first)
+    PATH/<collection>/shard/    the EdgeShard (segments + write-ahead log)
+
+Durability: every update goes to the shard's write-ahead log, and the log's files are
+fsynced before `upsert` returns (~0.3 ms), so an acknowledged write survives a killed
+process and a power cut; segments are flushed by `close()`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:
+    import qdrant_edge as qe
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    from tiered_context.errors import missing_extra
+
+    raise missing_extra("qdrant-edge-py", "qdrant") from exc
+
+from tiered_context.errors import StoreError
+from tiered_context.qdrant._engine import (DENSE, SPARSE, CollectionSpec, FusionMode, PointData, Query, Record,
+                                           check_meta, dumps_meta)
+from tiered_context.qdrant._tenancy import TENANT_FIELD, Scope, require
+
+__all__ = ["EdgeConnection"]
+
+
+class EdgeConnection:
+    """One directory holding one shard per collection; owned by one process (flock)."""
+
+    engine = "edge"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            self._lock_file = open(path / ".lock", "a+")  # noqa: SIM115 - held until close()
+        except OSError as exc:
+            raise StoreError(f"cannot open the Qdrant directory {path}: {exc}; pass a writable path=") from exc
+        try:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            self._lock_file.close()
+            raise StoreError(
+                f"{path} is open in another process (one process owns an embedded Qdrant directory); "
+                "close it there, share one store object, or run a Qdrant server and pass url="
+            ) from exc
+        if not os.access(path, os.W_OK):
+            self._lock_file.close()
+            raise StoreError(f"the Qdrant directory {path} is not writable; pass a writable path=")
+        self._open: dict[str, EdgeCollection] = {}
+
+    def stored_meta(self, name: str) -> Any | None:
+        """The stored metadata of collection `name`, or None if it does not exist."""
+        folder = self.path / name
+        meta = folder / "meta.json"
+        if meta.exists():
+            try:
+                return json.loads(meta.read_text())
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"collection {name!r} in {self.path} has unreadable metadata ({exc}): "
+                                 "it is corrupted or not ours; pass another collection= or path=") from exc
+        if (folder / "shard").exists() or (folder.exists() and any(folder.iterdir())):
+            return {}  # something is there, but not written by us
+        return None
+
+    def collection(self, spec: CollectionSpec) -> EdgeCollection:
+        if spec.name not in self._open:
+            self._open[spec.name] = EdgeCollection(self.path / spec.name, spec)
+        return self._open[spec.name]
+
+    def close(self) -> None:
+        for coll in self._open.values():
+            coll.close()
+        self._open.clear()
+        if not self._lock_file.closed:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+            self._lock_file.close()
+
+
+class EdgeCollection:
+    def __init__(self, folder: Path, spec: CollectionSpec) -> None:
+        self.folder, self.spec, self.dim = folder, spec, spec.dim
+        self._lock = threading.RLock()
+        shard_dir = folder / "shard"
+        meta = folder / "meta.json"
+        where = f"collection {spec.name!r} in {folder.parent}"
+        try:
+            if meta.exists():
+                check_meta(where, json.loads(meta.read_text()), spec.kind, spec.dim)
+            else:
+                if shard_dir.exists():
+                    check_meta(where, {}, spec.kind, spec.dim)  # raises: a shard that is not ours
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp = folder / "meta.json.tmp"
+                tmp.write_text(dumps_meta(spec))
+                _fsync_file(tmp)
+                os.replace(tmp, meta)
+                _fsync_dir(folder)
+            if (shard_dir / "edge_config.json").exists():
+                self._shard = qe.EdgeShard.load(str(shard_dir))
+                vectors = self._shard_config_dim(shard_dir)
+                if vectors is not None and vectors != spec.dim:
+                    raise StoreError(f"{where} holds {vectors}-d vectors, not {spec.dim}-d: use the same embedder")
+            else:
+                self._shard = qe.EdgeShard.create(str(shard_dir), self._config(spec))
+            self._ensure_indexes(spec)
+        except StoreError:
+            raise
+        except (OSError, ValueError, RuntimeError, Exception) as exc:  # noqa: BLE001 - engine errors are untyped
+            raise StoreError(f"cannot open {where} ({type(exc).__name__}: {exc}); it may be corrupted: "
+                             "restore it from a backup, or pass another collection= / path=") from exc
+        self._wal = shard_dir / "wal"
+
+    # -- setup -------------------------------------------------------------------------
+    @staticmethod
+    def _config(spec: CollectionSpec) -> Any:
+        return qe.EdgeConfig(
+            vectors={DENSE: qe.EdgeVectorParams(size=spec.dim, distance=qe.Distance.Dot)},
+            sparse_vectors={SPARSE: qe.EdgeSparseVectorParams()} if spec.sparse else None,
+            # per-tenant graphs only: every search is filtered by tenant (payload_m), none global (m=0)
+            hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000, payload_m=16),
+        )
+
+    @staticmethod
+    def _shard_config_dim(shard_dir: Path) -> int | None:
+        try:
+            cfg = json.loads((shard_dir / "edge_config.json").read_text())
+            return int(cfg["vectors"][DENSE]["size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _ensure_indexes(self, spec: CollectionSpec) -> None:
+        have = set(self._shard.info().payload_schema)
+        wanted: list[tuple[str, Any]] = [(TENANT_FIELD, qe.KeywordIndexParams(is_tenant=True))]
+        wanted += [(f, qe.PayloadSchemaType.Keyword) for f in spec.keyword_fields]
+        wanted += [(f, qe.IntegerIndexParams(lookup=True, range=True)) for f in spec.integer_fields]
+        wanted += [(f, qe.PayloadSchemaType.Float) for f in spec.float_fields]
+        wanted += [(f, qe.PayloadSchemaType.Bool) for f in spec.bool_fields]
+        for name, schema in wanted:
+            if name not in have:
+                self._shard.update(qe.UpdateOperation.create_field_index(name, schema))
+        self._sync()
+
+    # -- writes ------------------------------------------------------------------------
+    def upsert(self, points: Sequence[PointData]) -> None:
+        if not points:
+            return
+        native = [qe.Point(p.id, self._vectors(p.dense, p.sparse), p.payload) for p in points]
+        with self._lock:
+            self._call(lambda: self._shard.update(qe.UpdateOperation.upsert_points(native)), "write")
+            self._sync()
+
+    def set_sparse(self, updates: Sequence[tuple[str, tuple[list[int], list[float]]]]) -> None:
+        if not updates:
+            return
+        native = [qe.PointVectors(pid, {SPARSE: qe.SparseVector(list(i), list(v))}) for pid, (i, v) in updates]
+        with self._lock:
+            self._call(lambda: self._shard.update(qe.UpdateOperation.update_vectors(native)), "write")
+            self._sync()
+
+    def delete(self, scope: Scope) -> None:
+        flt = _filter(scope)
+        with self._lock:
+            self._call(lambda: self._shard.update(qe.UpdateOperation.delete_points_by_filter(flt)), "delete")
+            self._sync()
+
+    # -- reads -------------------------------------------------------------------------
+    def query(self, queries: Sequence[Query]) -> list[list[Record]]:
+        requests = [self._request(q) for q in queries]
+        with self._lock:
+            found = self._call(lambda: self._shard.query_batch(qe.QueryBatchRequest(requests)), "search")
+        return [[_record(p) for p in points] if q.with_payload or q.vectors else
+                [Record(str(p.id) if q.with_ids else "", {}, score=float(p.score)) for p in points] for q, points in zip(queries, found)]
+
+    def scroll(self, scope: Scope, *, limit: int, offset: Any = None, with_vectors: bool | list[str] = False,
+               with_payload: bool | list[str] = True) -> tuple[list[Record], Any]:
+        req = qe.ScrollRequest(offset=offset, limit=limit, filter=_filter(scope), with_payload=with_payload,
+                               with_vector=with_vectors)
+        with self._lock:
+            points, nxt = self._call(lambda: self._shard.scroll(req), "scroll")
+        return [_record(p) for p in points], nxt
+
+    def count(self, scope: Scope) -> int:
+        req = qe.CountRequest(filter=_filter(scope), exact=True)
+        with self._lock:
+            return int(self._call(lambda: self._shard.count(req), "count"))
+
+    def flush(self) -> None:
+        with self._lock:
+            self._call(self._shard.flush, "flush")
+
+    def optimize(self) -> bool:
+        """Build HNSW / merge segments now (blocks the process while it runs)."""
+        with self._lock:
+            done = bool(self._call(self._shard.optimize, "optimize"))
+            self._shard.flush()
+            return done
+
+    def close(self) -> None:
+        with self._lock:
+            shard, self._shard = getattr(self, "_shard", None), None
+            if shard is not None:
+                try:
+                    shard.flush()
+                finally:
+                    shard.close()
+
+    # -- internals ---------------------------------------------------------------------
+    def _request(self, q: Query) -> Any:
+        flt = _filter(q.scope)
+        params = qe.SearchParams(exact=True) if q.exact else None
+        wv: Any = [v for v in q.vectors if v == DENSE or self.spec.sparse] or False
+        if q.fusion != FusionMode.UNION and q.dense is not None and q.sparse is not None:
+            fusion = qe.Fusion.Rrf(k=60) if q.fusion == FusionMode.RRF else qe.Fusion.Dbsf()
+            prefetch = [qe.Prefetch(limit=q.limit, query=self._nearest(q.dense, None), filter=flt, params=params),
+                        qe.Prefetch(limit=q.limit, query=self._nearest(None, q.sparse), filter=flt)]
+            return qe.QueryRequest(limit=q.limit, prefetches=prefetch, query=fusion, filter=flt,
+                                   with_vector=wv, with_payload=q.with_payload)
+        return qe.QueryRequest(limit=q.limit, query=self._nearest(q.dense, q.sparse), filter=flt,
+                               with_vector=wv, with_payload=q.with_payload, params=params)
+
+    @staticmethod
+    def _nearest(dense: np.ndarray | None, sparse: tuple[list[int], list[float]] | None) -> Any:
+        if dense is not None:
+            return qe.Query.Nearest(np.asarray(dense, dtype=np.float32).tolist(), using=DENSE)
+        assert sparse is not None
+        return qe.Query.Nearest(qe.SparseVector(list(sparse[0]), list(sparse[1])), using=SPARSE)
+
+    def _vectors(self, dense: np.ndarray, sparse: tuple[list[int], list[float]] | None) -> dict[str, Any]:
+        out: dict[str, Any] = {DENSE: np.asarray(dense, dtype=np.float32).tolist()}
+        if self.spec.sparse:
+            idx, val = sparse or ([], [])
+            out[SPARSE] = qe.SparseVector(list(idx), list(val))
+        return out
+
+    def _call(self, fn: Any, what: str) -> Any:
+        if self._shard is None:
+            raise StoreError(f"the Qdrant collection {self.spec.name!r} is closed; open a new store")
+        try:
+            return fn()
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the engine raises plain Exception / ValueError
+            raise StoreError(f"Qdrant edge {what} failed on {self.folder} ({exc}); nothing acknowledged was lost. "
+                             "Check the disk (space, permissions) and that the inputs match the collection") from exc
+
+    def _sync(self) -> None:
+        """fsync the write-ahead log (cheap): its open segments every time, a closed one
+        once; without a WAL directory (another layout), flush the whole shard instead."""
+        try:
+            files = [f for f in self._wal.iterdir() if f.is_file()] if self._wal.is_dir() else None
+        except (OSError, AttributeError):
+            files = None
+        if files is None:
+            self._shard.flush()
+            return
+        synced = self.__dict__.setdefault("_synced_closed", set())
+        for f in files:
+            if f.name.startswith("closed-") and f.name in synced:
+                continue
+            try:
+                _fsync_file(f)
+            except FileNotFoundError:  # a log segment truncated away meanwhile: already flushed
+                continue
+            if f.name.startswith("closed-"):
+                synced.add(f.name)
+
+
+def _filter(scope: Scope) -> Any:
+    scope = require(scope)
+    must: list[Any] = [qe.FieldCondition(key=TENANT_FIELD, match=qe.MatchValue(scope.tenant))]
+    if scope.point_ids is not None:
+        must.append(qe.HasIdCondition(set(scope.point_ids)))
+    if scope.seqs is not None:
+        must.append(qe.FieldCondition(key="seq", match=qe.MatchAny(list(scope.seqs))))
+    if scope.tiers is not None:
+        must.append(qe.FieldCondition(key="tier", match=qe.MatchAny(list(scope.tiers))))
+    if scope.roles is not None:
+        must.append(qe.FieldCondition(key="role", match=qe.MatchAny(list(scope.roles))))
+    if scope.since is not None or scope.until is not None:
+        must.append(qe.FieldCondition(key="timestamp", range=qe.RangeFloat(gte=scope.since, lte=scope.until)))
+    if scope.originals_only:
+        must.append(qe.FieldCondition(key="form", match=qe.MatchValue("original")))
+    for key, value in scope.equals:
+        must.append(qe.FieldCondition(key=key, match=qe.MatchValue(value)))
+    for key, bound in scope.above:
+        must.append(qe.FieldCondition(key=key, range=qe.RangeFloat(gt=bound)))
+    for key, bound in scope.below:
+        must.append(qe.FieldCondition(key=key, range=qe.RangeFloat(lte=bound)))
+    return qe.Filter(must=must)
+
+
+def _record(p: Any) -> Record:
+    vec = p.vector if isinstance(p.vector, dict) else {}
+    dense = vec.get(DENSE)
+    sparse = vec.get(SPARSE)
+    return Record(
+        id=str(p.id), payload=p.payload or {},
+        dense=None if dense is None else np.asarray(dense, dtype=np.float32),
+        sparse=None if sparse is None else dict(zip(sparse.indices, sparse.values)),
+        score=float(getattr(p, "score", 0.0) or 0.0),
+    )
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        _fsync_file(path)
+    except OSError:  # some filesystems refuse fsync on directories
+        pass

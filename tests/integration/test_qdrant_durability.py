@@ -1,0 +1,172 @@
+"""Durability of the Qdrant cold tier: SIGKILL mid-ingest, concurrent writers, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections import Counter
+
+import numpy as np
+import pytest
+
+pytest.importorskip("qdrant_client")
+pytest.importorskip("qdrant_edge")
+
+from tiered_context import ContextItem, TieredContext  # noqa: E402
+from tiered_context.core.embed import normalize  # noqa: E402
+from tiered_context.qdrant import QdrantColdStore  # noqa: E402
+from tiered_context.testing import HashEmbedder  # noqa: E402
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from tiered_context import TieredContext
+    from tiered_context.qdrant import QdrantColdStore
+    from tiered_context.testing import HashEmbedder
+
+    path, engine = sys.argv[1], sys.argv[2]
+    ctx = TieredContext(session_id="s", store=QdrantColdStore(path, engine=engine), embedder=HashEmbedder(),
+                        compaction="inline")
+    k = len(ctx)
+    print("ready", k, flush=True)
+    while True:
+        if k % 7 == 0:  # batches too: a batch is acknowledged whole or not at all
+            batch = ctx.put_many([f"turn {k + j} about topic {(k + j) % 13}" for j in range(3)])
+            print(*[i.id for i in batch], flush=True)
+            k += 3
+        else:
+            print(ctx.put(f"turn {k} about topic {k % 13}").id, flush=True)
+            k += 1
+    """
+)
+
+
+@pytest.mark.parametrize("engine", ["edge", "local"])
+def test_sigkill_mid_ingest_loses_no_acknowledged_item(tmp_path, engine):
+    path = str(tmp_path / "q")
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    acked: list[str] = []
+    for round_ in range(2 if engine == "edge" else 1):  # kill, restart, kill again
+        proc = subprocess.Popen([sys.executable, str(script), path, engine], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        ready = proc.stdout.readline().split()
+        assert ready[0] == "ready" and int(ready[1]) >= len(acked)
+        target = len(acked) + 80
+        for line in proc.stdout:
+            acked.extend(line.split())
+            if len(acked) >= target:
+                break
+        os.kill(proc.pid, signal.SIGKILL)  # mid-ingest: it is writing the next item now
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        with QdrantColdStore(path, engine=engine) as store:
+            stored = store.items("s")
+            ids = [i.id for i in stored]
+            assert not [i for i, n in Counter(ids).items() if n > 1], "duplicates after restart"
+            assert set(acked) <= set(ids), f"round {round_}: lost {set(acked) - set(ids)}"
+            seqs = sorted(i.seq for i in stored if not i.is_derived)
+            assert seqs == list(range(len(seqs))), "history positions must stay contiguous"
+    with TieredContext(session_id="s", store=QdrantColdStore(path, engine=engine), embedder=HashEmbedder()) as ctx:
+        assert ctx.put("after the crashes").seq == len(ctx) - 1
+
+
+def test_concurrent_threads_and_tasks_lose_nothing(tmp_path):
+    store = QdrantColdStore(tmp_path / "q")
+    emb = HashEmbedder(32)
+
+    def batch(tenant: str, start: int, n: int) -> tuple[list[ContextItem], np.ndarray]:
+        texts = [f"{tenant} writes item {start + k} about {k % 5}" for k in range(n)]
+        items = [ContextItem(id=f"{tenant}-{start + k}", text=t, seq=start + k) for k, t in enumerate(texts)]
+        return items, normalize(emb.embed(texts))
+
+    errors: list[BaseException] = []
+
+    def writer(w: int) -> None:
+        try:
+            for j in range(25):  # shared tenant "all" and an own tenant per thread
+                store.add("all", *batch(f"t{w}", j * 2, 2))
+                store.add(f"own{w}", *batch(f"t{w}", j, 1))
+                store.search("all", "writes item", normalize(emb.embed(["writes item"]))[0], limit=5)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(6)]
+    for t in threads:
+        t.start()
+
+    async def tasks() -> None:
+        async def one(w: int) -> None:
+            for j in range(20):
+                await store.aadd("all", *batch(f"a{w}", j, 1))
+                await store.asearch("all", "item", normalize(emb.embed(["item"]))[0], limit=3)
+
+        await asyncio.gather(*(one(w) for w in range(5)))
+
+    asyncio.run(tasks())
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert store.count("all") == 6 * 50 + 5 * 20
+    assert all(store.count(f"own{w}") == 25 for w in range(6))
+    # statistics followed every write: BM25 IDF over exactly the stored documents
+    stats = store._tenant_stats("all")
+    assert stats.n == 6 * 50 + 5 * 20
+    store.close()
+    with QdrantColdStore(tmp_path / "q") as again:  # and all of it is on disk
+        assert again.count("all") == 400
+
+
+class FailingMidBatch(HashEmbedder):
+    """Embeds texts one at a time and fails on the `fail_at`-th text it ever sees."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__(dim=32)
+        self.seen, self.fail_at = 0, fail_at
+
+    def embed(self, texts):
+        rows = []
+        for text in texts:
+            self.seen += 1
+            if self.seen == self.fail_at:
+                raise RuntimeError("embedding service failed (test fake)")
+            rows.append(super().embed([text])[0])
+        return np.stack(rows)
+
+
+def test_embedder_failure_mid_batch_writes_nothing(tmp_path):
+    path = tmp_path / "q"
+    ctx = TieredContext(session_id="s", store=QdrantColdStore(path), embedder=FailingMidBatch(fail_at=6),
+                        compaction="inline")
+    ctx.put_many([f"first batch {k}" for k in range(3)])
+    with pytest.raises(RuntimeError, match="test fake"):
+        ctx.put_many([f"second batch {k}" for k in range(5)])  # fails on its 3rd text
+    assert len(ctx) == 3
+    assert not [i for i in ctx.store.items("s") if i.text.startswith("second")]
+    retried = ctx.put_many([f"second batch {k}" for k in range(5)])  # the retry succeeds whole
+    seqs = [i.seq for i in retried]
+    assert seqs == sorted(set(seqs)) and seqs[0] >= 3
+    ctx.close()
+    with QdrantColdStore(path) as store:
+        assert store.count("s") == 8
+
+
+def test_store_write_failure_leaves_nothing_behind(tmp_path):
+    """A batch the engine rejects (a vector of the wrong size inside it) is not partly kept."""
+    with QdrantColdStore(tmp_path / "q", dim=32) as store:
+        good = [ContextItem(id=f"g{k}", text=f"good {k}", seq=k) for k in range(3)]
+        store.add("s", good, normalize(HashEmbedder(32).embed([i.text for i in good])))
+        items = [ContextItem(id=f"b{k}", text=f"bad {k}", seq=3 + k) for k in range(3)]
+        vecs = np.ones((3, 32), dtype=np.float32)
+        vecs[1, 0] = np.nan
+        try:
+            store.add("s", items, vecs)
+        except Exception:  # noqa: BLE001 - either refused whole...
+            assert store.count("s") == 3
+        else:  # ...or stored whole
+            assert store.count("s") == 6
