@@ -36,6 +36,22 @@ RETRY_AFTER_ITEMS = 16
 _RANK = {level: rank for rank, level in enumerate(LadderLevel)}
 
 
+def _default_store(path: Path | None) -> ColdStore:
+    """In memory: `LocalColdStore`. On disk: embedded Qdrant (qdrant-edge-py) when the
+    `qdrant` extra is installed (write-ahead log, tenant-indexed, scales to 100k+ items),
+    else the journaled `LocalColdStore`. A directory keeps the kind it was created with."""
+    if path is None:
+        return LocalColdStore()
+    if not (path / "archive.jsonl").exists():
+        try:
+            from tiered_context.qdrant import QdrantColdStore
+        except ImportError:
+            pass
+        else:
+            return QdrantColdStore(path=path / "qdrant")
+    return LocalColdStore(path)
+
+
 class Compaction(str, Enum):
     """Where the 2.0x compression batch runs: a background thread, or inline (deterministic)."""
 
@@ -70,7 +86,7 @@ class TieredContext:
 
         from tiered_context import TieredContext
         ctx = TieredContext(session_id="s1")                   # in memory, offline defaults
-        ctx = TieredContext(path="./memdir", session_id="s1")  # archived on disk, resumed on open
+        ctx = TieredContext(path="./memdir", session_id="s1")  # on disk (embedded Qdrant), resumed on open
 
     Use::
 
@@ -118,7 +134,7 @@ class TieredContext:
         self.counter = counter or TokenCounter()
         self.embedder = embedder or WordLlamaEmbedder()
         self.path = Path(path) if path is not None else None
-        self.store: ColdStore = store or LocalColdStore(self.path)
+        self.store: ColdStore = store or _default_store(self.path)
         self.compressor = compressor or SelfInformationCompressor(self.counter)
         self.scorer = Scorer(scoring)
         try:
