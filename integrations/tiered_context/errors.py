@@ -53,6 +53,13 @@ class StoreError(TieredContextError, RuntimeError):
     """The cold store failed. Acknowledged items are never lost by this error."""
 
 
+def positive_int(name: str, value: object) -> int:
+    """`value` if it is a positive int (not a bool), else `ConfigError` naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
 def missing_extra(package: str, extra: str) -> DependencyError:
     """The error to raise when `package` is needed: names the extra that installs it."""
     return DependencyError(

@@ -181,12 +181,14 @@ class ContextAssembler:
     # -- candidates ------------------------------------------------------------------
     def _candidates(self, tenant, query, vector, working_set, budget) -> tuple[dict[str, _Unit], SignalStats | None]:
         units: dict[str, _Unit] = {}
+        derived = [i.origin_ids[0] for i in working_set if i.is_derived]
+        originals = {o.id: o for o in self.store.get(tenant, derived)} if derived else {}  # one round trip
         for item in working_set:
             origin_id = item.origin_ids[0]
             if item.is_derived:
-                originals = self.store.get(tenant, [origin_id])
-                original = originals[0] if originals else item
-                units[origin_id] = _Unit(original, [item, original] if originals else [item], _ZERO, 0.0, Tier.L2)
+                original = originals.get(origin_id)
+                forms = [item, original] if original is not None else [item]
+                units[origin_id] = _Unit(original or item, forms, _ZERO, 0.0, Tier.L2)
             else:
                 units[origin_id] = _Unit(item, [item], _ZERO, 0.0, Tier.L1)
         stats = None

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
-from tiered_context.errors import ConfigError
+from tiered_context.errors import ConfigError, positive_int
 
 __all__ = ["Budget", "LadderEvent", "LadderLevel", "ModelSize"]
 
@@ -78,8 +78,7 @@ class Budget:
     recent_items: int = 2
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens <= 0:
-            raise ConfigError(f"max_tokens must be a positive int, got {self.max_tokens!r}")
+        positive_int("max_tokens", self.max_tokens)
         if self.working_set_tokens is not None and self.working_set_tokens <= 0:
             raise ConfigError("working_set_tokens must be positive (or None for 2 x max_tokens)")
         if not 1.0 <= self.alert_at <= self.compress_at <= self.prune_at:

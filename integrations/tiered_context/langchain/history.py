@@ -40,7 +40,7 @@ from tiered_context.core.memory import Compaction, TieredContext
 from tiered_context.core.render import line
 from tiered_context.core.store import ColdStore
 from tiered_context.core.tokens import TokenCounter
-from tiered_context.errors import ConfigError, InputError
+from tiered_context.errors import ConfigError, InputError, positive_int
 from tiered_context.langchain._convert import (
     MessageCounter,
     Piece,
@@ -119,8 +119,7 @@ class TieredChatMessageHistory(BaseChatMessageHistory):
         user_id: str | None = None,
         compaction: Compaction | str = Compaction.BACKGROUND,
     ) -> None:
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
-            raise ConfigError(f"max_tokens must be a positive int, got {max_tokens!r}")
+        positive_int("max_tokens", max_tokens)
         if context is not None and any(v is not None for v in (path, store, embedder, counter)):
             raise ConfigError("pass either context= or the settings to build one (path/store/embedder/counter), not both")
         self.max_tokens = max_tokens

@@ -42,7 +42,7 @@ from tiered_context.core.render import line
 from tiered_context.core.scoring import ScoringConfig
 from tiered_context.core.store import ColdStore, LocalColdStore
 from tiered_context.core.tokens import REPLY_PRIMING, TokenCounter
-from tiered_context.errors import BudgetError, ConfigError, DuplicateItemError
+from tiered_context.errors import BudgetError, ConfigError, DuplicateItemError, positive_int
 from tiered_context.langchain._convert import (
     MessageCounter,
     Piece,
@@ -148,8 +148,7 @@ class TieredContextMiddleware(AgentMiddleware):
         max_sessions: int = 256,
     ) -> None:
         super().__init__()
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
-            raise ConfigError(f"max_tokens must be a positive int, got {max_tokens!r}")
+        positive_int("max_tokens", max_tokens)
         if store is not None and path is not None:
             raise ConfigError("pass either path= (the default store on disk) or store=, not both")
         if max_sessions < 1:

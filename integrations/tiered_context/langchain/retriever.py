@@ -26,7 +26,7 @@ except ImportError as exc:  # pragma: no cover
 from tiered_context.core.assembler import AssembledContext
 from tiered_context.core.budget import Budget
 from tiered_context.core.memory import Compaction, TieredContext
-from tiered_context.errors import ConfigError
+from tiered_context.errors import ConfigError, positive_int
 from tiered_context.langchain._convert import document_to_item, item_to_document
 from tiered_context.langchain._trace import assembly_run, report_outputs
 from tiered_context.langchain.embeddings import as_embedder
@@ -61,9 +61,7 @@ class TieredRetriever(BaseRetriever):
     @field_validator("max_tokens")
     @classmethod
     def _positive(cls, value: int) -> int:
-        if isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"max_tokens must be a positive int, got {value!r}")
-        return value
+        return positive_int("max_tokens", value)
 
     @field_validator("k")
     @classmethod

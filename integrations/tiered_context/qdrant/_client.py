@@ -26,7 +26,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise missing_extra("qdrant-client", "qdrant") from exc
 
 from tiered_context.errors import StoreError
-from tiered_context.qdrant._engine import DENSE, SPARSE, CollectionSpec, FusionMode, PointData, Query, Record
+from tiered_context.qdrant._engine import DENSE, SPARSE, CollectionSpec, FusionMode, PointData, Query, Record, record_from_point as _record
 from tiered_context.qdrant._tenancy import TENANT_FIELD, Scope, require
 
 __all__ = ["ClientConnection"]
@@ -234,14 +234,3 @@ def _filter(scope: Scope) -> Any:
         must.append(qm.FieldCondition(key=key, range=qm.Range(lte=bound)))
     return qm.Filter(must=must)
 
-
-def _record(p: Any) -> Record:
-    vec = p.vector if isinstance(p.vector, dict) else {}
-    dense = vec.get(DENSE)
-    sparse = vec.get(SPARSE)
-    return Record(
-        id=str(p.id), payload=p.payload or {},
-        dense=None if dense is None else np.asarray(dense, dtype=np.float32),
-        sparse=None if sparse is None else dict(zip(sparse.indices, sparse.values)),
-        score=float(getattr(p, "score", 0.0) or 0.0),
-    )

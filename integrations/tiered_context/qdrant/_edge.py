@@ -31,7 +31,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise missing_extra("qdrant-edge-py", "qdrant") from exc
 
 from tiered_context.errors import StoreError
-from tiered_context.qdrant._engine import (DENSE, SPARSE, CollectionSpec, FusionMode, PointData, Query, Record,
+from tiered_context.qdrant._engine import (DENSE, SPARSE, CollectionSpec, FusionMode, PointData, Query, Record, record_from_point as _record,
                                            check_meta, dumps_meta)
 from tiered_context.qdrant._tenancy import TENANT_FIELD, Scope, require
 
@@ -303,17 +303,6 @@ def _filter(scope: Scope) -> Any:
         must.append(qe.FieldCondition(key=key, range=qe.RangeFloat(lte=bound)))
     return qe.Filter(must=must)
 
-
-def _record(p: Any) -> Record:
-    vec = p.vector if isinstance(p.vector, dict) else {}
-    dense = vec.get(DENSE)
-    sparse = vec.get(SPARSE)
-    return Record(
-        id=str(p.id), payload=p.payload or {},
-        dense=None if dense is None else np.asarray(dense, dtype=np.float32),
-        sparse=None if sparse is None else dict(zip(sparse.indices, sparse.values)),
-        score=float(getattr(p, "score", 0.0) or 0.0),
-    )
 
 
 def _fsync_file(path: Path) -> None:

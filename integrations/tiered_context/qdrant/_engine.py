@@ -20,7 +20,7 @@ from tiered_context.errors import StoreError
 from tiered_context.qdrant._tenancy import Scope
 
 __all__ = ["SCHEMA_VERSION", "Collection", "CollectionSpec", "Engine", "FusionMode", "PointData",
-           "Query", "Record", "check_meta"]
+           "Query", "Record", "check_meta", "record_from_point"]
 
 #: Bumped whenever the stored layout changes; a collection with another version is refused
 #: (or migrated, once a migration exists) with a message naming both versions.
@@ -156,3 +156,16 @@ class Collection(Protocol):
 
 def dumps_meta(spec: CollectionSpec) -> str:
     return json.dumps(spec.meta(), indent=1, sort_keys=True)
+
+
+def record_from_point(p: Any) -> Record:
+    """A `Record` from a point of either engine (both shape vectors the same way)."""
+    vec = p.vector if isinstance(p.vector, dict) else {}
+    dense = vec.get(DENSE)
+    sparse = vec.get(SPARSE)
+    return Record(
+        id=str(p.id), payload=p.payload or {},
+        dense=None if dense is None else np.asarray(dense, dtype=np.float32),
+        sparse=None if sparse is None else dict(zip(sparse.indices, sparse.values)),
+        score=float(getattr(p, "score", 0.0) or 0.0),
+    )
