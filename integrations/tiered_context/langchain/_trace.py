@@ -6,7 +6,11 @@ run, the compressor's callbacks). Its outputs are the numbers of the assembly: t
 sent and budget, tokens per tier, items kept and dropped, compression ratio, ladder
 events. Any LangChain tracer shows it: LangSmith, and `openinference-instrumentation-
 langchain` (one CHAIN span in Phoenix, outputs as its output value, metadata as span
-metadata). Without callbacks this costs one manager construction and nothing else.
+metadata). Tracers that keep an OpenTelemetry span per run (OpenInference's, through
+its ``get_span(run_id)``) also get the numbers as flat span attributes: the
+``tiered_context.*`` keys of `span_attributes` (``tiered_context.assembled_tokens``,
+``tiered_context.tokens.L1`` ...), the names the LlamaIndex adapter uses. Without
+callbacks this costs one manager construction and nothing else.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ except ImportError as exc:  # pragma: no cover
 
 from tiered_context.core.assembler import AssembledContext
 
-__all__ = ["RUN_NAME", "TAG", "assembly_run", "current_config", "report_outputs"]
+__all__ = ["RUN_NAME", "TAG", "assembly_run", "current_config", "report_outputs", "span_attributes"]
 
 log = logging.getLogger("tiered_context.langchain")
 RUN_NAME = "TieredContextAssembly"
@@ -62,6 +66,36 @@ def report_outputs(out: AssembledContext | None) -> dict[str, Any]:
         "ladder_events": [{"level": e.level.value, "working_tokens": e.working_tokens, "detail": e.detail}
                           for e in r.events],
     }
+
+
+def span_attributes(outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Run outputs as flat OpenTelemetry attributes under ``tiered_context.``: numbers and
+    strings as they are, ``tokens_per_tier`` as ``tokens.<tier>``, other mappings as
+    ``<key>.<sub>``, lists by their length."""
+    out: dict[str, Any] = {}
+    for key, value in outputs.items():
+        if isinstance(value, Mapping):
+            prefix = "tokens" if key == "tokens_per_tier" else key
+            out.update({f"{prefix}.{sub}": v for sub, v in value.items() if isinstance(v, (bool, int, float, str))})
+        elif isinstance(value, (list, tuple)):
+            out[key] = len(value)
+        elif isinstance(value, (bool, int, float, str)):
+            out[key] = value
+    return {f"tiered_context.{k}": v for k, v in out.items()}
+
+
+def _annotate_spans(child: Any, outputs: Mapping[str, Any]) -> None:
+    """Set `span_attributes` on the span each span-keeping handler opened for `child`."""
+    attributes: dict[str, Any] | None = None
+    for handler in getattr(child, "handlers", ()):
+        get_span = getattr(handler, "get_span", None)
+        if not callable(get_span):
+            continue
+        with contextlib.suppress(Exception):  # tracing must never break a model call
+            span = get_span(child.run_id)
+            if span is not None and span.is_recording():
+                attributes = span_attributes(outputs) if attributes is None else attributes
+                span.set_attributes(attributes)
 
 
 class _Run:
@@ -111,5 +145,6 @@ def assembly_run(config: RunnableConfig | BaseCallbackManager | None, inputs: Ma
         with contextlib.suppress(Exception):
             child.on_chain_error(exc)
         raise
+    _annotate_spans(child, run.outputs)
     with contextlib.suppress(Exception):
         child.on_chain_end(run.outputs)
