@@ -192,3 +192,40 @@ def test_tiered_embedding_in_a_vector_index_and_round_trip():
     assert isinstance(memory.embedder, LlamaIndexEmbedder)
     assert TieredEmbedding(embedder=HashEmbedder(dim=16)).get_text_embedding("x") is not None
     assert QueryBundle("x").query_str == "x"
+
+
+def test_postprocessors_in_a_vector_memory_block():
+    """`VectorMemoryBlock(node_postprocessors=[...])` inside LlamaIndex's `Memory`: the
+    retrieved memory is re-scored, compressed (provenance kept) and packed to budget."""
+    from llama_index.core.base.llms.types import ChatMessage
+    from llama_index.core.memory import Memory, VectorMemoryBlock
+
+    from tiered_context.evals.baselines import _text_vector_store
+
+    class Seen(TokenBudgetPostprocessor):
+        """The packer, remembering what reached it (the block only returns text)."""
+
+        def _postprocess_nodes(self, nodes, query_bundle=None):
+            out = super()._postprocess_nodes(nodes, query_bundle)
+            self.__dict__.setdefault("_seen", []).append(out)
+            return out
+
+    packer = Seen(token_budget=150)
+    block = VectorMemoryBlock(  # window 2: the question and the latest message are the query
+        name="retrieved", vector_store=_text_vector_store(), embed_model=TieredEmbedding(), similarity_top_k=8,
+        retrieval_context_window=2,
+        node_postprocessors=[PriorityPostprocessor(), CompressionPostprocessor(ratio=0.5, min_tokens=8), packer],
+    )
+    memory = Memory.from_defaults(session_id="vm", token_limit=400, chat_history_token_ratio=0.5,
+                                  token_flush_size=60, memory_blocks=[block])
+    turns = [f"Turn {i}: we discussed the museum schedule, the tram passes and the pastry tour in detail."
+             for i in range(30)]
+    turns[5] = "My passport number is X1234567 and it expires in March, please remember it for the booking."
+    turns.append("What is my passport number?")  # the query is the latest message and the input
+    memory.put_messages([ChatMessage(role="user" if i % 2 == 0 else "assistant", content=t) for i, t in enumerate(turns)])
+    messages = memory.get(input="What is my passport number?")
+    assert any("X1234567" in (b.text if hasattr(b, "text") else "") for m in messages for b in m.blocks)
+    packed = packer.__dict__["_seen"][-1]
+    assert packed and sum(COUNTER.count(n.node.get_content(metadata_mode=MetadataMode.LLM)) for n in packed) <= 150
+    compressed = [n for n in packed if n.node.metadata.get("tiered_context_source_id")]
+    assert compressed and all(set(PROVENANCE_KEYS) <= n.node.metadata.keys() for n in compressed)

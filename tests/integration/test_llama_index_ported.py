@@ -23,6 +23,21 @@ and checks our behaviour instead:
    the first positional argument, which is `input` today; we pass it by keyword.
 6. `pickle`, `to_dict`/`from_dict`, `to_string`/`from_string` keep the history (as
    ChatMemoryBuffer does) for in-memory archives; with `path=` the archive is reopened.
+7. The latest message (with its tool-call bundle) always comes back, even alone and
+   even when it is an assistant message: ChatMemoryBuffer returns ``[]`` when only
+   an assistant message at the start would fit
+   (`test_get_when_space_for_assistant_message_removes_assistant_message_at_start_of_history`).
+8. Not ported, by design: `chat_store=` / custom chat stores
+   (``test_memory_custom_chat_store.py``: the archive is the store; `chat_store=` raises
+   `ConfigError` naming `path=` / `store=`, see ``test_llama_index_memory.py``), and
+   `Memory`'s memory blocks and `memory_blocks_concurrency`
+   (``test_memory_blocks_base.py``, ``test_memory_read_concurrency.py``): `TieredMemory`
+   has no blocks; our blocks plug into LlamaIndex's own `Memory`
+   (``test_llama_index_blocks.py``). ``test_chat_summary_memory_buffer.py`` tests an
+   LLM summary buffer: summaries here are the core's (offline extractive by default).
+
+Coverage: every test of ``test_chat_memory_buffer.py`` and ``test_memory_base.py``
+(llama-index-core 0.14, including the tool-call / thinking / citable token counts).
 """
 
 from __future__ import annotations
@@ -97,6 +112,13 @@ def test_get_when_initial_tokens_same_as_limit_returns_only_the_latest_message()
     # LLM raises a clear error instead of failing silently; so do we.
     memory = make(token_limit=5, chat_history=[USER])
     assert memory.get(initial_token_count=5) == [USER]
+
+
+def test_get_when_space_for_assistant_message_returns_the_latest_message():
+    # ChatMemoryBuffer returns [] here; the latest message always comes back (note 7).
+    memory = make(token_limit=50, chat_history=[USER, ASSISTANT])
+    room = tokens(ASSISTANT)
+    assert memory.get(initial_token_count=50 - room) == [ASSISTANT]
 
 
 def test_get_when_space_for_second_message_and_answer_removes_first_message_and_answer():

@@ -4,7 +4,9 @@
 * `EmbeddingsUnitTests` and `EmbeddingsIntegrationTests` -> `TieredEmbeddings` (the offline
   WordLlama embedder, whose weights ship in its wheel, so the "integration" suite runs
   offline too) and `TieredEmbeddings(HashEmbedder())`.
-The semantic cache suites belong with `tiered_context.langchain.cache` (built elsewhere).
+* `SyncCacheTestSuite` and `AsyncCacheTestSuite` -> `TieredSemanticCache` over the
+  embedded-Qdrant `SemanticCache` (a fresh directory per test; exact-match threshold so
+  the suites' "miss" prompts stay misses).
 """
 
 from __future__ import annotations
@@ -14,8 +16,14 @@ import pytest
 pytest.importorskip("langchain_tests")
 pytest.importorskip("pytest_asyncio")
 
+import pytest_asyncio  # noqa: E402
 from langchain_core.documents import Document  # noqa: E402
-from langchain_tests.integration_tests import EmbeddingsIntegrationTests, RetrieversIntegrationTests  # noqa: E402
+from langchain_tests.integration_tests import (  # noqa: E402
+    AsyncCacheTestSuite,
+    EmbeddingsIntegrationTests,
+    RetrieversIntegrationTests,
+    SyncCacheTestSuite,
+)
 from langchain_tests.unit_tests import EmbeddingsUnitTests  # noqa: E402
 
 from tiered_context import Budget, TieredContext  # noqa: E402
@@ -77,3 +85,23 @@ class TestHashEmbeddingsIntegration(EmbeddingsIntegrationTests):
     @property
     def embedding_model_params(self) -> dict:
         return {"embedder": HashEmbedder()}
+
+
+def _semantic_cache(path):
+    pytest.importorskip("qdrant_edge")
+    from tiered_context.langchain.cache import TieredSemanticCache
+    from tiered_context.qdrant import SemanticCache
+
+    return TieredSemanticCache(SemanticCache(path, embedder=HashEmbedder(), threshold=0.999), tenant="standard")
+
+
+class TestTieredSemanticCacheSync(SyncCacheTestSuite):
+    @pytest.fixture
+    def cache(self, tmp_path):
+        return _semantic_cache(tmp_path / "cache")
+
+
+class TestTieredSemanticCacheAsync(AsyncCacheTestSuite):
+    @pytest_asyncio.fixture
+    async def cache(self, tmp_path):
+        return _semantic_cache(tmp_path / "cache")

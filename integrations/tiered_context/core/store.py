@@ -17,10 +17,10 @@ import base64
 import json
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from tiered_context.core.items import ContextItem, Tier
 from tiered_context.core.lexical import BM25Index
 from tiered_context.errors import DuplicateItemError, StoreError
 
-__all__ = ["ColdStore", "Hit", "LocalColdStore", "SearchResult", "SignalStats"]
+__all__ = ["ColdStore", "Hit", "LocalColdStore", "SearchResult", "SignalStats", "decode_record", "encode_record"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +165,7 @@ class LocalColdStore:
                 batch[item.id] = item
                 fresh.append((item, vec))
             if self._journal is not None and fresh:
-                lines = [json.dumps({"tenant": tenant, "item": _dump(i), "vec": _b64(v)}, default=str) + "\n" for i, v in fresh]
+                lines = [json.dumps({"tenant": tenant, **encode_record(i, v)}, default=str) + "\n" for i, v in fresh]
                 self._journal.write("".join(lines))
                 self._journal.flush()
                 os.fsync(self._journal.fileno())
@@ -271,9 +271,8 @@ class LocalColdStore:
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     break
                 good += len(raw)
-                vec = np.frombuffer(base64.b64decode(rec["vec"]), dtype=np.float32)
+                item, vec = decode_record(rec)
                 part = self._partition(rec["tenant"], len(vec))
-                item = _load(rec["item"])
                 if item.id not in part.index:
                     part.add(item, vec)
         if good < file.stat().st_size:
@@ -282,18 +281,25 @@ class LocalColdStore:
                 os.fsync(fh.fileno())
 
 
-def _b64(vec: np.ndarray) -> str:
-    return base64.b64encode(np.asarray(vec, dtype=np.float32).tobytes()).decode("ascii")
+def encode_record(item: ContextItem, vector: np.ndarray) -> dict[str, Any]:
+    """One archive record as JSON-ready data: ``{"item": {...}, "vec": "<base64 float32>"}``.
 
-
-def _dump(item: ContextItem) -> dict:
+    The format of the local journal and of any store that keeps records as documents
+    (e.g. `tiered_context.langchain.GraphStoreColdStore`); `decode_record` reverses it.
+    """
     return {
-        "id": item.id, "text": item.text, "role": item.role, "timestamp": item.timestamp,
-        "tokens": item.tokens, "tier": item.tier.value, "importance": item.importance,
-        "pinned": item.pinned, "metadata": dict(item.metadata), "source_ids": list(item.source_ids),
-        "seq": item.seq,
+        "item": {
+            "id": item.id, "text": item.text, "role": item.role, "timestamp": item.timestamp,
+            "tokens": item.tokens, "tier": item.tier.value, "importance": item.importance,
+            "pinned": item.pinned, "metadata": dict(item.metadata), "source_ids": list(item.source_ids),
+            "seq": item.seq,
+        },
+        "vec": base64.b64encode(np.asarray(vector, dtype=np.float32).tobytes()).decode("ascii"),
     }
 
 
-def _load(data: dict) -> ContextItem:
-    return ContextItem(**{**data, "tier": Tier(data["tier"]), "source_ids": tuple(data["source_ids"])})
+def decode_record(record: Mapping[str, Any]) -> tuple[ContextItem, np.ndarray]:
+    """The item and vector of a record written by `encode_record`."""
+    data = record["item"]
+    item = ContextItem(**{**data, "tier": Tier(data["tier"]), "source_ids": tuple(data["source_ids"])})
+    return item, np.frombuffer(base64.b64decode(record["vec"]), dtype=np.float32)

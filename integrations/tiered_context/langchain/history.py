@@ -190,7 +190,7 @@ class TieredChatMessageHistory(BaseChatMessageHistory):
         with assembly_run(config, {"query": query, "max_tokens": budget}, {"session": self.session_id}) as run:
             out = self._ctx.assemble(query, budget=budget)
             view = self._view(out, budget)
-            run.outputs = {"tokens": sum(self._mc.message(m) for m in view), "messages": len(view), **report_outputs(out)}
+            run.outputs = {"tokens": sum(self._mc.message(m) for m in view), "message_count": len(view), **report_outputs(out)}
         return view
 
     async def abudgeted_messages(self, query: str, *, max_tokens: int | None = None, callbacks: Any = None) -> list[BaseMessage]:

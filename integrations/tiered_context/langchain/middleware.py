@@ -20,7 +20,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from tiered_context.errors import missing_extra
 
 try:
     from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
-    from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+    from langchain_core.messages import BaseMessage
 except ImportError as exc:  # pragma: no cover
     raise missing_extra("langchain", "langchain") from exc
 
@@ -36,7 +35,6 @@ from tiered_context.core.assembler import AssembledContext
 from tiered_context.core.budget import Budget
 from tiered_context.core.compress import Compressor
 from tiered_context.core.embed import Embedder, WordLlamaEmbedder
-from tiered_context.core.items import ContextItem
 from tiered_context.core.memory import Compaction, TieredContext
 from tiered_context.core.render import line
 from tiered_context.core.scoring import ScoringConfig
@@ -49,21 +47,23 @@ from tiered_context.langchain._convert import (
     fit_pieces,
     is_summary_message,
     item_to_message,
-    message_text,
     message_to_item,
 )
-from tiered_context.langchain._trace import assembly_run, current_config, report_outputs
+from tiered_context.langchain._trace import assembly_run, current_config
+from tiered_context.langchain._view import (
+    CallReport,
+    finalize,
+    item_value,
+    recall_tokens,
+    split_tail,
+    tool_call_positions,
+    turn_query,
+)
 from tiered_context.langchain.embeddings import as_embedder
 
 __all__ = ["TieredContextMiddleware", "CallReport"]
 
 log = logging.getLogger("tiered_context.langchain")
-_TRUNCATED = " […truncated; the original is archived]"
-_RECALL_OPEN = "\n\n<recalled_context note=\"earlier items no longer in this conversation's messages\">\n"
-_RECALL_CLOSE = "\n</recalled_context>"
-#: Share of the room left after the system prompt and tools that an oversized current
-#: turn may keep verbatim; the older part of the turn then competes like history.
-TAIL_SHARE = 0.8
 
 
 class _SharedStore:
@@ -77,29 +77,6 @@ class _SharedStore:
 
     def close(self) -> None:  # the middleware closes the real store in its own close()
         return None
-
-
-@dataclass(frozen=True, slots=True)
-class CallReport:
-    """What one model call was sent, in tokens (also the outputs of the traced run)."""
-
-    session: str
-    tokens: int
-    max_tokens: int
-    messages_in: int
-    messages_out: int
-    system_tokens: int
-    tool_tokens: int
-    tail_tokens: int
-    history_tokens: int
-    recalled_items: int
-    truncated_tool_results: int
-    assembled: AssembledContext | None = field(default=None, repr=False)
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.__slots__ if k != "assembled"}
-        out.update(report_outputs(self.assembled))
-        return out
 
 
 class TieredContextMiddleware(AgentMiddleware):
@@ -130,6 +107,15 @@ class TieredContextMiddleware(AgentMiddleware):
     `TokenCounter`; ``last_call`` holds the numbers, and a ``TieredContextAssembly`` run
     shows them to any LangChain tracer). The tenant is the thread (``thread_id``),
     prefixed with ``user_id`` from the runtime context or the config when present.
+
+    Where the archive lives: ``path=`` (on disk), ``store=`` (any `ColdStore`), else the
+    agent's LangGraph store when it has one (``create_agent(..., store=InMemoryStore())``
+    or any `BaseStore`: `GraphStoreColdStore` keeps each tenant's archived messages,
+    compressed forms and summaries under the namespace ``("tiered_context", tenant)``),
+    else memory. With a persistent archive a thread resumed by a new process replays its
+    summaries instead of re-making them (exactly with ``compaction="inline"``; with
+    background compaction a replay may batch differently and re-make the latest ones).
+    ``use_runtime_store=False`` opts out of the agent's store.
     """
 
     def __init__(
@@ -146,6 +132,7 @@ class TieredContextMiddleware(AgentMiddleware):
         compaction: Compaction | str = Compaction.BACKGROUND,
         context_factory: Callable[[str, str | None], TieredContext] | None = None,
         max_sessions: int = 256,
+        use_runtime_store: bool = True,
     ) -> None:
         super().__init__()
         positive_int("max_tokens", max_tokens)
@@ -159,6 +146,8 @@ class TieredContextMiddleware(AgentMiddleware):
         self._embedder = as_embedder(embedder)
         self._store = store if store is not None else (LocalColdStore(path) if path is not None else None)
         self._owns_store = store is None
+        self._use_runtime_store = use_runtime_store and store is None and path is None and context_factory is None
+        self._graph_store: Any = None
         self._compressor = compressor
         self._scoring = scoring
         self._working_set_tokens = working_set_tokens
@@ -207,6 +196,22 @@ class TieredContextMiddleware(AgentMiddleware):
                 self._retire(evicted)
             return ctx
 
+    def _bind_store(self, graph_store: Any) -> None:
+        """Archive into the agent's LangGraph store (``create_agent(store=...)``) when this
+        middleware was given no path, store or factory of its own."""
+        if graph_store is None or not self._use_runtime_store:
+            return
+        with self._lock:
+            if self._store is None:
+                from tiered_context.langchain.graph_store import GraphStoreColdStore
+
+                self._store, self._graph_store = GraphStoreColdStore(graph_store), graph_store
+            elif self._graph_store is not None and graph_store is not self._graph_store:
+                raise ConfigError(
+                    "this TieredContextMiddleware already archives into another agent's store; give each agent "
+                    "that has its own store= its own TieredContextMiddleware (or pass store=/path= explicitly)"
+                )
+
     def _retire(self, ctx: TieredContext) -> None:
         if self._factory is None:
             ctx.close()  # waits for its compaction, stops its worker; the shared store stays open
@@ -235,7 +240,7 @@ class TieredContextMiddleware(AgentMiddleware):
     def _traced(self, request: ModelRequest) -> ModelRequest:
         session, user = self._tenant(request)
         config = current_config()
-        inputs = {"session": session, "messages": len(request.messages), "max_tokens": self.max_tokens}
+        inputs = {"session": session, "message_count": len(request.messages), "max_tokens": self.max_tokens}
         with assembly_run(config, inputs, {"session": session}) as run:
             prepared, report = self._prepare(request, session, user)
             run.outputs = report.as_dict()
@@ -272,9 +277,10 @@ class TieredContextMiddleware(AgentMiddleware):
                 "or shorten the system prompt / tool descriptions"
             )
         available = self.max_tokens - fixed
-        cut, tail, truncated = self._tail(messages, available)
+        cut, tail, truncated = split_tail(messages, available, mc, self.max_tokens)
         tail_tokens = sum(mc.message(m) for m in tail)
         summary_idx = next((i for i in range(cut - 1, -1, -1) if is_summary_message(messages[i])), None)
+        self._bind_store(getattr(request.runtime, "store", None))
         ctx = self.context_for(session, user)
         self._ingest(session, ctx, messages[:cut])
         history_room = available - tail_tokens
@@ -287,12 +293,12 @@ class TieredContextMiddleware(AgentMiddleware):
         out: AssembledContext | None = None
         recalled: list[tuple[float, str]] = []
         if history_room > 8 and self._ingested.get(session):
-            query = self._query(messages, cut, tail)
+            query = turn_query(messages, tail)
             out = ctx.assemble(query, budget=history_room, user_id=user)
             position = {m.id: i for i, m in enumerate(messages) if m.id}
             taken = {p.key for p in pieces}
             for item in out.items:
-                value = self._value(out, item)
+                value = item_value(out, item)
                 lc_id = item.metadata.get("lc_id")
                 if len(item.origin_ids) == 1 and lc_id in position:
                     if lc_id in taken or position[lc_id] >= cut:
@@ -303,14 +309,14 @@ class TieredContextMiddleware(AgentMiddleware):
                         taken.add(lc_id)
                         continue
                 recalled.append((value, line(item)))
-        by_call = self._calls(messages[:cut])
+        by_call = tool_call_positions(messages[:cut])
 
         def partners(call_id: str) -> list[Piece]:
             return [Piece(messages[i].id or f"m{i}", messages[i], position=i, value=0.0) for i in by_call.get(call_id, ())]
 
-        recall_tokens = self._recall_tokens(recalled)
-        kept, _ = fit_pieces(pieces, budget=self.max_tokens, fixed_tokens=fixed + recall_tokens, counter=mc, partners=partners)
-        final_system, view, total = self._finalize(system, kept, recalled, request.tools, tool_tokens)
+        recall_cost = recall_tokens(self.counter, recalled)
+        kept, _ = fit_pieces(pieces, budget=self.max_tokens, fixed_tokens=fixed + recall_cost, counter=mc, partners=partners)
+        final_system, view, total = finalize(system, kept, recalled, tool_tokens, mc, self.max_tokens)
         prepared = request.override(messages=view, system_message=final_system)
         report = CallReport(
             session=session, tokens=total, max_tokens=self.max_tokens, messages_in=len(messages),
@@ -320,126 +326,21 @@ class TieredContextMiddleware(AgentMiddleware):
         )
         return prepared, report
 
-    def _finalize(self, system, kept: list[Piece], recalled: list[tuple[float, str]], tools, tool_tokens):
-        """Exact count of the final prompt; drop the least valuable until it fits."""
-        mc = self._messages
-        kept = list(kept)
-        recalled = sorted(recalled, key=lambda r: -r[0])
-        while True:
-            final_system = self._with_recall(system, [r[1] for r in recalled])
-            view = [p.message for p in kept]
-            total = mc.messages(([final_system] if final_system is not None else []) + view) + tool_tokens
-            if total <= self.max_tokens:
-                return final_system, view, total
-            droppable = [p for p in kept if not p.protected]
-            low_piece = min(droppable, key=lambda p: (p.value, p.position), default=None)
-            if recalled and (low_piece is None or recalled[-1][0] <= low_piece.value):
-                recalled.pop()
-            elif low_piece is not None:
-                kept = [p for p in kept if p.group != low_piece.group or p.protected]
-            else:  # only protected content left: cannot happen unless BPE merges differ
-                raise BudgetError(f"the current turn needs {total} tokens > max_tokens={self.max_tokens}; raise max_tokens")
-
-    def _tail(self, messages: list[BaseMessage], available: int) -> tuple[int, list[BaseMessage], int]:
-        """Where the verbatim current turn starts, its messages, and how many tool results
-        had to be truncated to fit (their originals are archived on the next turn)."""
-        if not messages:
-            return 0, [], 0
-        mc = self._messages
-        start = next((i for i in range(len(messages) - 1, -1, -1)
-                      if isinstance(messages[i], HumanMessage) and not is_summary_message(messages[i])), None)
-        if start is None:
-            start = len(messages) - 1
-            while start > 0 and isinstance(messages[start], ToolMessage):
-                start -= 1
-        costs = [mc.message(m) for m in messages[start:]]
-        if sum(costs) <= available:
-            return start, messages[start:], 0
-        limit = int(available * TAIL_SHARE)
-        safe = [i for i in range(start, len(messages)) if not isinstance(messages[i], ToolMessage)]
-        suffix = {i: sum(costs[i - start:]) for i in safe}
-        fitting = [i for i in safe if suffix[i] <= limit]
-        cut = fitting[0] if fitting else safe[-1]
-        tail = list(messages[cut:])
-        if sum(costs[cut - start:]) <= available:
-            return cut, tail, 0
-        # still too big: truncate the longest tool results of the last round, pairs intact
-        truncated = 0
-        order = sorted((i for i, m in enumerate(tail) if isinstance(m, ToolMessage) and isinstance(m.content, str)),
-                       key=lambda i: -mc.message(tail[i]))
-        for i in order:
-            over = sum(mc.message(m) for m in tail) - available
-            if over <= 0:
-                break
-            msg = tail[i]
-            keep = max(1, self.counter.count(msg.content) - over)
-            tail[i] = msg.model_copy(update={"content": self.counter.truncate(msg.content, keep, marker=_TRUNCATED)})
-            truncated += 1
-        if sum(mc.message(m) for m in tail) > available:
-            raise BudgetError(
-                f"the latest turn needs {sum(mc.message(m) for m in tail)} tokens but only {available} are left "
-                f"of max_tokens={self.max_tokens} after the system prompt and tools; raise max_tokens"
-            )
-        return cut, tail, truncated
-
     def _ingest(self, session: str, ctx: TieredContext, messages: list[BaseMessage]) -> None:
+        """Archive the messages of the thread not seen yet, one `put_many` per message: a
+        reopened archive replays its originals one by one (`TieredContext` resumes per
+        item), so live compaction must see the same steps, or a resumed thread would
+        re-make its summaries (re-asking an LLM summarizer) instead of replaying them."""
         seen = self._ingested.setdefault(session, set())
         fresh = [m for m in messages if m.id and m.id not in seen]
-        if not fresh:
-            return
         now = time.time()
-        items = [(m, message_to_item(m, timestamp=now)) for m in fresh]
-        batch = [i for _, i in items if i is not None]
-        try:
-            if batch:
-                ctx.put_many(batch)
-        except DuplicateItemError:  # a message id reused with new content: keep both versions
-            for m, item in items:
-                if item is None:
-                    continue
-                try:
-                    ctx.put_many([item])
-                except DuplicateItemError:
-                    digest = hashlib.blake2b(item.text.encode(), digest_size=4).hexdigest()
-                    ctx.put_many([message_to_item(m, timestamp=now, item_id=f"lc:{m.id}:{digest}")])
+        for m in fresh:
+            item = message_to_item(m, timestamp=now)
+            if item is None:
+                continue
+            try:
+                ctx.put_many([item])
+            except DuplicateItemError:  # a message id reused with new content: keep both versions
+                digest = hashlib.blake2b(item.text.encode(), digest_size=4).hexdigest()
+                ctx.put_many([message_to_item(m, timestamp=now, item_id=f"lc:{m.id}:{digest}")])
         seen.update(m.id for m in fresh)
-
-    @staticmethod
-    def _query(messages: list[BaseMessage], cut: int, tail: list[BaseMessage], limit: int = 2000) -> str:
-        human = next((m for m in reversed(messages) if isinstance(m, HumanMessage) and not is_summary_message(m)), None)
-        parts = [message_text(human)] if human is not None else []
-        parts += [message_text(m) for m in tail if m is not human]
-        return "\n".join(p for p in parts if p)[:limit]
-
-    @staticmethod
-    def _value(out: AssembledContext, item: ContextItem) -> float:
-        scores = out.report.scores.get(item.origin_ids[0]) or {}
-        return float(scores.get("value", 0.0))
-
-    @staticmethod
-    def _calls(messages: list[BaseMessage]) -> dict[str, list[int]]:
-        by_call: dict[str, list[int]] = {}
-        for i, m in enumerate(messages):
-            if isinstance(m, AIMessage):
-                for c in m.tool_calls:
-                    if c.get("id"):
-                        by_call.setdefault(str(c["id"]), []).append(i)
-            elif isinstance(m, ToolMessage) and m.tool_call_id:
-                by_call.setdefault(str(m.tool_call_id), []).append(i)
-        return by_call
-
-    def _recall_tokens(self, recalled: list[tuple[float, str]]) -> int:
-        if not recalled:
-            return 0
-        return self.counter.count(_RECALL_OPEN + _RECALL_CLOSE) + sum(self.counter.count(r[1]) + 1 for r in recalled)
-
-    @staticmethod
-    def _with_recall(system: SystemMessage | None, lines: list[str]) -> SystemMessage | None:
-        if not lines:
-            return system
-        block = _RECALL_OPEN + "\n".join(lines) + _RECALL_CLOSE
-        if system is None:
-            return SystemMessage(content=block.lstrip())
-        if isinstance(system.content, str):
-            return system.model_copy(update={"content": system.content + block})
-        return system.model_copy(update={"content": [*system.content, {"type": "text", "text": block}]})

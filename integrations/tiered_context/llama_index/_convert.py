@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +49,7 @@ __all__ = [
     "MediaTokens",
     "message_text",
     "message_to_item",
+    "messages_to_items",
     "item_to_message",
     "copy_message",
     "stored_message",
@@ -150,6 +153,19 @@ def _stored_json(message: ChatMessage) -> dict[str, Any]:
     for key in _TRANSIENT_KWARGS:
         kwargs.pop(key, None)
     return data
+
+
+def messages_to_items(messages: Sequence[ChatMessage], *, first_position: int, pin_system: bool = True) -> list[ContextItem]:
+    """Items for messages appended at `first_position` of a history, each with a fresh
+    unique id. Timestamps are positions, not dates: messages come back as messages, so
+    the core must not charge for date header lines (the wall clock goes to ``created_at``)."""
+    now = time.time()
+    return [
+        message_to_item(m, id=f"m{first_position + k}-{uuid.uuid4().hex[:12]}",
+                        pinned=pin_system and m.role in (MessageRole.SYSTEM, MessageRole.DEVELOPER),
+                        timestamp=float(first_position + k), extra={"created_at": now})
+        for k, m in enumerate(messages)
+    ]
 
 
 def message_to_item(

@@ -3,6 +3,7 @@ tool-call bundles and of the first message, and the exact-token trim."""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, List, Optional
 
 from tiered_context.errors import missing_extra
@@ -19,6 +20,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from tiered_context.llama_index.memory import TieredMemory
 
 __all__ = ["Selection", "input_text"]
+
+log = logging.getLogger("tiered_context.llama_index")
 
 SUMMARY_HEADER = "Summary of earlier conversation:"
 
@@ -45,13 +48,14 @@ class Selection:
         self.m = memory
         self.ctx: Any = None  # the TieredContext to assemble from (set by the memory)
         self.limit = limit
-        self.history = list(memory._history)
-        self.pos = dict(memory._pos)
-        self.ids = list(memory._ids)
-        self.tokens = list(memory._tokens)
-        self.results = dict(memory._results)
-        self.calls = list(memory._calls)
-        self.answers = list(memory._answers)
+        log = memory._log  # a snapshot: puts may continue while this selection runs
+        self.history = list(log.history)
+        self.pos = dict(log.pos)
+        self.ids = list(log.ids)
+        self.tokens = list(log.tokens)
+        self.results = dict(log.results)
+        self.calls = list(log.calls)
+        self.answers = list(log.answers)
         self.history_tokens = sum(self.tokens)
         self.out: Optional[AssembledContext] = None
         self.entries: List[tuple] = []
@@ -124,7 +128,11 @@ class Selection:
     def _verbatim(self, p: int) -> tuple:
         return (p, copy_message(self.history[p]), self.tokens[p])
 
-    def fallback(self) -> List[ChatMessage]:
+    def fallback(self, error: Optional[Exception] = None) -> List[ChatMessage]:
+        """The latest message with its tool-call bundle (as ChatMemoryBuffer when even it
+        does not fit, or after `error` from the assembly)."""
+        if error is not None:
+            log.warning("tiered memory: %s; returning the latest message only", error)
         start = self._bundle_start(len(self.history) - 1)
         self.positions = list(range(start, len(self.history)))
         self.m._last_positions = list(self.positions)

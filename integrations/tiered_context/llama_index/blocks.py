@@ -76,10 +76,10 @@ class TieredMemoryBlock(BaseMemoryBlock[str]):
     _last: Optional[Tuple[str, str, str]] = PrivateAttr(default=None)  # session, query, content
 
     def model_post_init(self, __context: Any) -> None:
-        from tiered_context.llama_index.memory import _as_core_embedder
+        from tiered_context.llama_index._session import as_core_embedder
 
         self.counter = self.counter or TokenCounter()
-        self.embedder = _as_core_embedder(self.embedder)
+        self.embedder = as_core_embedder(self.embedder)
         self._store = self.store if self.store is not None else LocalColdStore(self.path)
 
     def context(self, session_id: Optional[str] = None) -> TieredContext:

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import logging
 import threading
-import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, List, Optional, Union
 
 from tiered_context.errors import missing_extra
 
 try:
-    from llama_index.core.base.llms.types import ChatMessage, MessageRole
+    from llama_index.core.base.llms.types import ChatMessage
     from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
     from llama_index.core.memory.types import DEFAULT_CHAT_STORE_KEY, BaseMemory
 except ImportError as exc:  # pragma: no cover
@@ -23,36 +19,39 @@ except ImportError as exc:  # pragma: no cover
 
 from tiered_context.core.assembler import AssembledContext
 from tiered_context.core.budget import Budget
-from tiered_context.core.embed import Embedder
 from tiered_context.core.memory import Compaction, TieredContext
 from tiered_context.core.scoring import ScoringConfig
 from tiered_context.core.store import ColdStore, LocalColdStore
 from tiered_context.core.tokens import TokenCounter
 from tiered_context.errors import BudgetError, ConfigError
+from tiered_context.llama_index._log import MessageLog
 from tiered_context.llama_index._convert import (
     MediaTokens,
     SizedTokens,
     copy_message,
-    message_to_item,
     message_tokens,
+    messages_to_items,
     stored_message,
-    tool_call_ids,
-    tool_result_id,
 )
 from tiered_context.llama_index._select import Selection
+from tiered_context.llama_index._session import (
+    DEFAULT_TOKEN_LIMIT,
+    BufferSerialization,
+    as_core_embedder,
+    buffer_defaults,
+    common_prefix,
+    check_seams,
+    find_generation,
+    record_generation,
+    tenant,
+)
 from tiered_context.llama_index.instrumentation import dispatcher, emit_assembly, emit_ladder
 
 __all__ = ["TieredMemory"]
 
-log = logging.getLogger("tiered_context.llama_index")
-
-DEFAULT_TOKEN_LIMIT = 3000
-#: Share of an LLM's context window used when only `llm=` is given (as ChatMemoryBuffer).
-DEFAULT_TOKEN_LIMIT_RATIO = 0.75
-_SIDECAR = "tiered_memory_sessions.json"
 
 
-class TieredMemory(BaseMemory):
+class TieredMemory(BufferSerialization, BaseMemory):
     """A drop-in for `Memory` / `ChatMemoryBuffer` that assembles, for every call, the
     history the next answer needs under `token_limit`: the current turn and the latest
     messages verbatim, older relevant messages retrieved from the archive (hybrid BM25 +
@@ -114,13 +113,7 @@ class TieredMemory(BaseMemory):
     _store: ColdStore = PrivateAttr()
     _owns_store: bool = PrivateAttr(default=False)
     _generation: int = PrivateAttr(default=0)
-    _history: List[ChatMessage] = PrivateAttr(default_factory=list)
-    _ids: List[str] = PrivateAttr(default_factory=list)
-    _pos: Dict[str, int] = PrivateAttr(default_factory=dict)
-    _tokens: List[int] = PrivateAttr(default_factory=list)
-    _results: Dict[str, int] = PrivateAttr(default_factory=dict)  # tool_call_id -> position of its result
-    _calls: List[tuple] = PrivateAttr(default_factory=list)  # per position: ids of the calls it makes
-    _answers: List[Optional[str]] = PrivateAttr(default_factory=list)  # per position: the call a tool result answers
+    _log: MessageLog = PrivateAttr(default_factory=MessageLog)  # every message of get_all(), indexed
     _lock: Any = PrivateAttr(default_factory=threading.RLock)
     _last: Optional[AssembledContext] = PrivateAttr(default=None)
     _last_positions: List[Optional[int]] = PrivateAttr(default_factory=list)
@@ -166,25 +159,11 @@ class TieredMemory(BaseMemory):
         model. `chat_store` is not supported (the archive is the store): pass `path=` or
         `store=` instead. `embed_model` takes a LlamaIndex `BaseEmbedding`.
         """
-        _check_seams(store=store, path=path, context_factory=context_factory, embedder=embed_model or embedder, counter=counter)
-        if chat_store is not None:
-            raise ConfigError(
-                "TieredMemory keeps history in its own archive, not a chat store; drop chat_store= and "
-                "pass path='./memdir' (on disk) or store=<a tiered_context ColdStore shared by sessions>"
-            )
-        if llm is not None and token_limit is None:
-            token_limit = int(llm.metadata.context_window * DEFAULT_TOKEN_LIMIT_RATIO)
-        if context_factory is not None:
-            pass  # the factory's TieredContext brings its own counter
-        elif counter is None and tokenizer_fn is not None:
-            counter = TokenCounter.from_tokenizer(tokenizer_fn, name=getattr(tokenizer_fn, "__name__", None))
-        if counter is None and llm is not None and context_factory is None:
-            try:
-                counter = TokenCounter.for_model(str(getattr(llm.metadata, "model_name", "") or ""))
-            except ConfigError:
-                counter = None
+        check_seams(store=store, path=path, context_factory=context_factory, embedder=embed_model or embedder, counter=counter)
+        token_limit, counter = buffer_defaults(llm=llm, chat_store=chat_store, token_limit=token_limit,
+                                               tokenizer_fn=tokenizer_fn, counter=counter, context_factory=context_factory)
         return cls(
-            token_limit=token_limit or DEFAULT_TOKEN_LIMIT,
+            token_limit=token_limit,
             session_id=session_id or chat_store_key,
             chat_store_key=chat_store_key,
             chat_history=chat_history,
@@ -204,7 +183,7 @@ class TieredMemory(BaseMemory):
         )
 
     def model_post_init(self, __context: Any) -> None:
-        _check_seams(store=self.store, path=self.path, context_factory=self.context_factory, embedder=self.embedder, counter=self.counter)
+        check_seams(store=self.store, path=self.path, context_factory=self.context_factory, embedder=self.embedder, counter=self.counter)
         first: Optional[TieredContext] = None
         if self.context_factory is not None:
             first = self.context_factory(self._tenant(0))
@@ -212,10 +191,10 @@ class TieredMemory(BaseMemory):
         self.counter = self.counter or TokenCounter()
         if self.tokenizer_fn is None:
             self.tokenizer_fn = SizedTokens(self.counter)
-        self.embedder = _as_core_embedder(self.embedder)
+        self.embedder = as_core_embedder(self.embedder)
         self._owns_store = self.store is None
         self._store = self.store if self.store is not None else LocalColdStore(self.path)
-        self._generation = self._find_generation()
+        self._generation = find_generation(self._store, self.session_id, self.path)
         self._ctx = first if first is not None and self._generation == 0 else self._new_context(self._generation)
         self._load_history()
         if self.chat_history:
@@ -224,7 +203,7 @@ class TieredMemory(BaseMemory):
         self.chat_history = None
 
     def _tenant(self, generation: int) -> str:
-        return self.session_id if generation == 0 else f"{self.session_id}~{generation}"
+        return tenant(self.session_id, generation)
 
     def _budget(self) -> Budget:
         return Budget(max_tokens=self.token_limit, working_set_tokens=self.working_set_tokens, recent_items=self.recent_messages)
@@ -247,50 +226,16 @@ class TieredMemory(BaseMemory):
             on_event=lambda event: emit_ladder(tenant, event),
         )
 
-    def _find_generation(self) -> int:
-        """The session's current generation: the sidecar file (with `path=`), else the
-        last generation holding items."""
-        recorded = 0
-        if self.path is not None:
-            sidecar = Path(self.path) / _SIDECAR
-            if sidecar.exists():
-                recorded = int(json.loads(sidecar.read_text()).get(self.session_id, 0))
-        generation = 0
-        while self._store.count(self._tenant(generation + 1)) > 0:
-            generation += 1
-        return max(recorded, generation)
-
-    def _record_generation(self) -> None:
-        if self.path is None:
-            return
-        sidecar = Path(self.path) / _SIDECAR
-        state = json.loads(sidecar.read_text()) if sidecar.exists() else {}
-        state[self.session_id] = self._generation
-        sidecar.write_text(json.dumps(state))
-
     def _load_history(self) -> None:
         originals = sorted((i for i in self._store.items(self._ctx.session_id) if not i.is_derived), key=lambda i: i.seq)
-        self._clear_history()
+        self._log.clear()
         for item in originals:
             message = stored_message(item)
             if message is not None:
                 self._append(item.id, message)
 
-    def _clear_history(self) -> None:
-        self._history, self._ids, self._pos, self._tokens, self._results = [], [], {}, [], {}
-        self._calls, self._answers = [], []
-
     def _append(self, item_id: str, message: ChatMessage) -> None:
-        pos = len(self._history)
-        self._history.append(message)
-        self._ids.append(item_id)
-        self._pos[item_id] = pos
-        self._tokens.append(message_tokens(message, self.counter, self.media_tokens))
-        answered = tool_result_id(message) if message.role == MessageRole.TOOL else None
-        if answered:
-            self._results.setdefault(answered, pos)
-        self._calls.append(tuple(tool_call_ids(message)))
-        self._answers.append(answered)
+        self._log.append(item_id, message, message_tokens(message, self.counter, self.media_tokens))
 
     # -- public state ------------------------------------------------------------------
     @property
@@ -312,7 +257,7 @@ class TieredMemory(BaseMemory):
     @property
     def history_tokens(self) -> int:
         """Exact tokens of every message in `get_all()`: what a keep-everything memory sends."""
-        return sum(self._tokens)
+        return self._log.total_tokens
 
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         """Exact tokens of `messages` as this memory counts them (tool calls, thinking,
@@ -327,24 +272,11 @@ class TieredMemory(BaseMemory):
 
     # -- writing -----------------------------------------------------------------------
     def _items_for(self, messages: Sequence[ChatMessage]) -> list:
-        # Timestamps are positions, not dates: messages come back as messages, so the core
-        # must not charge for date header lines (the wall clock goes to `created_at`).
-        base = len(self._history)
-        now = time.time()
-        return [
-            message_to_item(
-                m,
-                id=f"m{base + k}-{uuid.uuid4().hex[:12]}",
-                pinned=self.pin_system and m.role in (MessageRole.SYSTEM, MessageRole.DEVELOPER),
-                timestamp=float(base + k),
-                extra={"created_at": now},
-            )
-            for k, m in enumerate(messages)
-        ]
+        return messages_to_items(messages, first_position=len(self._log), pin_system=self.pin_system)
 
     def _record(self, stored: Sequence[Any]) -> None:
         for item in stored:
-            if item.id not in self._pos:
+            if item.id not in self._log.pos:
                 self._append(item.id, stored_message(item))
 
     def put(self, message: ChatMessage) -> None:
@@ -373,27 +305,19 @@ class TieredMemory(BaseMemory):
         """Make `messages` the history. When they extend the current history only the new
         ones are stored; otherwise a new generation starts (the old one stays archived)."""
         with self._lock:
-            n = self._common_prefix(messages)
-            if n < len(self._history):
+            n = common_prefix(self._log.history, messages)
+            if n < len(self._log):
                 self._new_generation()
                 n = 0
             self.put_messages(list(messages[n:]))
 
     async def aset(self, messages: List[ChatMessage]) -> None:
         with self._lock:
-            n = self._common_prefix(messages)
-            if n < len(self._history):
+            n = common_prefix(self._log.history, messages)
+            if n < len(self._log):
                 self._new_generation()
                 n = 0
         await self.aput_messages(list(messages[n:]))
-
-    def _common_prefix(self, messages: Sequence[ChatMessage]) -> int:
-        if len(messages) < len(self._history):
-            return 0
-        for i, (old, new) in enumerate(zip(self._history, messages)):
-            if stored_form(old) != stored_form(new):
-                return i
-        return len(self._history)
 
     def reset(self) -> None:
         with self._lock:
@@ -403,19 +327,19 @@ class TieredMemory(BaseMemory):
         self.reset()
 
     def _new_generation(self) -> None:
-        if not self._history and self._store.count(self._ctx.session_id) == 0:
+        if not self._log and self._store.count(self._ctx.session_id) == 0:
             return  # already empty: reuse this generation
         self._ctx.flush()
         self._generation += 1
         self._ctx = self._new_context(self._generation)
-        self._clear_history()
+        self._log.clear()
         self._last = None
-        self._record_generation()
+        record_generation(self.path, self.session_id, self._generation)
 
     # -- reading -----------------------------------------------------------------------
     def get_all(self) -> List[ChatMessage]:
         with self._lock:
-            return [copy_message(m) for m in self._history]
+            return [copy_message(m) for m in self._log.history]
 
     async def aget_all(self) -> List[ChatMessage]:
         return self.get_all()
@@ -425,28 +349,22 @@ class TieredMemory(BaseMemory):
         """The messages for the next call under `token_limit - initial_token_count`:
         relevant to `input` (default: the latest user message)."""
         plan = self._plan(input, initial_token_count)
-        if plan.done is not None:
-            self._last_positions = list(plan.positions)
-            return plan.done
-        try:
-            plan.accept(plan.ctx.assemble(plan.query, budget=plan.budget))
-        except BudgetError as exc:
-            log.warning("tiered memory: %s; returning the latest message only", exc)
-            return plan.fallback()
+        if plan.done is None:
+            try:
+                plan.accept(plan.ctx.assemble(plan.query, budget=plan.budget))
+            except BudgetError as exc:
+                return plan.fallback(exc)
         return self._finish(plan)
 
     @dispatcher.span
     async def aget(self, input: Optional[Union[str, ChatMessage]] = None, initial_token_count: int = 0, **kwargs: Any) -> List[ChatMessage]:
         """Async twin of `get` (the assembly runs off the event loop)."""
         plan = self._plan(input, initial_token_count)
-        if plan.done is not None:
-            self._last_positions = list(plan.positions)
-            return plan.done
-        try:
-            plan.accept(await plan.ctx.aassemble(plan.query, budget=plan.budget))
-        except BudgetError as exc:
-            log.warning("tiered memory: %s; returning the latest message only", exc)
-            return plan.fallback()
+        if plan.done is None:
+            try:
+                plan.accept(await plan.ctx.aassemble(plan.query, budget=plan.budget))
+            except BudgetError as exc:
+                return plan.fallback(exc)
         return self._finish(plan)
 
     def _plan(self, input: Any, initial_token_count: int) -> Selection:
@@ -460,35 +378,16 @@ class TieredMemory(BaseMemory):
         return plan
 
     def _finish(self, plan: Selection) -> List[ChatMessage]:
+        if plan.done is not None:
+            self._last_positions = list(plan.positions)
+            return plan.done
         messages, tokens = plan.result()
         self._last_positions = list(plan.positions)
         if plan.out is not None:
             self._last = plan.out
-            emit_assembly(
-                plan.out, component="TieredMemory", session_id=self.session_id, query=plan.query, budget=plan.limit,
-                tokens=tokens, history_tokens=plan.history_tokens, messages=len(messages),
-            )
+            emit_assembly(plan.out, component="TieredMemory", session_id=self.session_id, query=plan.query,
+                          budget=plan.limit, tokens=tokens, history_tokens=plan.history_tokens, messages=len(messages))
         return messages
-
-    # -- serialisation (ChatMemoryBuffer parity: to_dict / from_dict / pickle) ---------------
-    def to_dict(self, **kwargs: Any) -> Dict[str, Any]:
-        data = super().to_dict(**kwargs)
-        if self.path is None:  # an archive on disk is reopened instead
-            data["chat_history"] = [stored_form(m) for m in self.get_all()]
-        return data
-
-    def to_string(self) -> str:
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_string(cls, json_str: str) -> "TieredMemory":
-        return cls.from_dict(json.loads(json_str))
-
-    def __getstate__(self) -> Dict[str, Any]:
-        return {"__dict__": {k: v for k, v in self.to_dict().items() if k != "class_name"}}
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__init__(**state["__dict__"])  # type: ignore[misc]
 
     def close(self) -> None:
         """Wait for background compaction; close the archive if this memory opened it."""
@@ -500,31 +399,4 @@ class TieredMemory(BaseMemory):
 
     def __repr__(self) -> str:
         return (f"TieredMemory(session_id={self.session_id!r}, token_limit={self.token_limit}, "
-                f"messages={len(self._history)}, history_tokens={self.history_tokens})")
-
-
-def _check_seams(*, store: Any, path: Any, context_factory: Any, embedder: Any, counter: Any) -> None:
-    if store is not None and path is not None:
-        raise ConfigError("pass either path= (an archive on disk) or store= (a shared ColdStore), not both")
-    if context_factory is not None and any(v is not None for v in (store, path, embedder, counter)):
-        raise ConfigError("with context_factory=, configure store / path / embedder / counter in the factory's TieredContext")
-
-
-def stored_form(message: ChatMessage) -> Dict[str, Any]:
-    data = message.model_dump(mode="json")
-    (data.get("additional_kwargs") or {}).pop("session_id", None)
-    return data
-
-
-def _as_core_embedder(embedder: Any) -> Embedder:
-    if embedder is None:
-        from tiered_context.core.embed import WordLlamaEmbedder
-
-        return WordLlamaEmbedder()
-    from llama_index.core.base.embeddings.base import BaseEmbedding
-
-    if isinstance(embedder, BaseEmbedding):
-        from tiered_context.llama_index.embeddings import LlamaIndexEmbedder
-
-        return LlamaIndexEmbedder(embedder)
-    return embedder
+                f"messages={len(self._log)}, history_tokens={self.history_tokens})")

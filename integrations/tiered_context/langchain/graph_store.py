@@ -1,0 +1,176 @@
+"""`GraphStoreColdStore`: the tiered archive (L3) kept in a LangGraph `BaseStore`.
+
+```python
+from langgraph.store.memory import InMemoryStore     # or PostgresStore, SqliteStore, ...
+from tiered_context.langchain.middleware import TieredContextMiddleware
+
+store = InMemoryStore()
+agent = create_agent(model, tools, middleware=[TieredContextMiddleware(max_tokens=2000)],
+                     store=store, checkpointer=saver)   # the middleware archives into `store`
+```
+
+What the store holds: every record of the archive, one key per item, under the
+namespace ``(prefix, <tenant>)``: the thread's original messages, their compressed (L2)
+forms, and under ``(prefix, <tenant>#summaries)`` the progressive summaries. Each value
+is ``{"item": {...}, "vec": "<base64 float32>"}`` (written with ``index=False``: the
+store's own embedding index is not used; search runs in process). The graph state
+(checkpointer) keeps the messages; the store keeps what was *derived* from them, so a
+thread resumed by another process with the same store replays its summaries instead of
+re-summarizing (and re-asking an LLM summarizer); see `TieredContextMiddleware` for the
+compaction-mode caveat.
+
+Reads are served by an in-process `LocalColdStore` (exact BM25 + cosine), filled from
+the store the first time a tenant is touched; writes go to the `BaseStore` first, then
+to the index, so an acknowledged item is durable as far as the store is.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from tiered_context.errors import DuplicateItemError, StoreError, missing_extra
+
+try:
+    from langgraph.store.base import BaseStore, PutOp
+except ImportError as exc:  # pragma: no cover
+    raise missing_extra("langgraph", "langchain") from exc
+
+from tiered_context.core.items import ContextItem
+from tiered_context.core.store import LocalColdStore, SearchResult, decode_record, encode_record
+
+__all__ = ["GraphStoreColdStore", "DEFAULT_PREFIX"]
+
+DEFAULT_PREFIX = "tiered_context"
+#: Records read per `BaseStore.search` page when a tenant is first loaded.
+PAGE = 500
+
+
+def _label(tenant: str) -> str:
+    """A namespace label for `tenant` (LangGraph forbids "." in labels)."""
+    return tenant.replace("%", "%25").replace(".", "%2E")
+
+
+class GraphStoreColdStore:
+    """A `ColdStore` whose records live in a LangGraph `BaseStore` (any backend).
+
+    Setup: ``GraphStoreColdStore(store)``; `TieredContextMiddleware` builds one itself
+    from ``runtime.store`` when the agent has a store and the middleware got neither
+    ``path=`` nor ``store=``. Use: as any `ColdStore` (``TieredContext(store=...)``).
+    Result: tenants are namespaces ``(prefix, tenant)``, so one tenant's reads never see
+    another's records, and everything written survives as long as the store does.
+    """
+
+    def __init__(self, store: BaseStore, *, prefix: str = DEFAULT_PREFIX) -> None:
+        if not isinstance(store, BaseStore):
+            raise StoreError(f"GraphStoreColdStore needs a langgraph BaseStore, got {type(store).__name__}")
+        if not prefix or "." in prefix or prefix == "langgraph":
+            raise StoreError(f"prefix must be a non-empty namespace label without '.', other than 'langgraph' (got {prefix!r})")
+        self.store, self.prefix = store, prefix
+        self._index = LocalColdStore()
+        self._loaded: set[str] = set()
+        self._lock = threading.RLock()
+
+    def namespace(self, tenant: str) -> tuple[str, str]:
+        """The `BaseStore` namespace that holds `tenant`'s records."""
+        if not tenant:
+            raise StoreError("tenant must be a non-empty string (the session / user scope)")
+        return (self.prefix, _label(tenant))
+
+    # -- writes ------------------------------------------------------------------
+    def add(self, tenant: str, items: Sequence[ContextItem], vectors: np.ndarray) -> None:
+        """Archive `items` with their unit vectors: into the `BaseStore`, then the index.
+        Same contract as `LocalColdStore.add` (idempotent; a conflicting id raises)."""
+        fresh = self._fresh(tenant, items, vectors)
+        if fresh:
+            ns = self.namespace(tenant)
+            self.store.batch([PutOp(ns, i.id, encode_record(i, v), index=False) for i, v in fresh])
+            self._index.add(tenant, [i for i, _ in fresh], np.stack([v for _, v in fresh]))
+
+    async def aadd(self, tenant: str, items: Sequence[ContextItem], vectors: np.ndarray) -> None:
+        fresh = self._fresh(tenant, items, vectors)
+        if fresh:
+            ns = self.namespace(tenant)
+            await self.store.abatch([PutOp(ns, i.id, encode_record(i, v), index=False) for i, v in fresh])
+            self._index.add(tenant, [i for i, _ in fresh], np.stack([v for _, v in fresh]))
+
+    def _fresh(self, tenant: str, items: Sequence[ContextItem], vectors: np.ndarray) -> list[tuple[ContextItem, np.ndarray]]:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or len(items) != len(vectors):
+            raise StoreError(f"{len(items)} items but vectors of shape {vectors.shape}; pass one vector per item")
+        self._load(tenant)
+        dim = self._index._dim  # noqa: SLF001 - the index is ours
+        if dim is not None and vectors.shape[1] != dim:
+            raise StoreError(f"vectors have dim {vectors.shape[1]} but this store holds dim {dim}; use the same embedder")
+        out: dict[str, tuple[ContextItem, np.ndarray]] = {}
+        for item, vec in zip(items, vectors):
+            old = (self._index.get(tenant, [item.id]) or [None])[0] or (out[item.id][0] if item.id in out else None)
+            if old is not None:
+                if old.text == item.text and old.role == item.role:
+                    continue
+                raise DuplicateItemError(f"item id {item.id!r} is already stored with different content; "
+                                         "give the new item its own id (or omit id= to derive one from content)")
+            out[item.id] = (item, vec)
+        return list(out.values())
+
+    # -- reads -------------------------------------------------------------------
+    def get(self, tenant: str, ids: Iterable[str]) -> list[ContextItem]:
+        self._load(tenant)
+        return self._index.get(tenant, ids)
+
+    def get_by_seq(self, tenant: str, seqs: Iterable[int]) -> list[ContextItem]:
+        self._load(tenant)
+        return self._index.get_by_seq(tenant, seqs)
+
+    def items(self, tenant: str) -> list[ContextItem]:
+        self._load(tenant)
+        return self._index.items(tenant)
+
+    def count(self, tenant: str, *, originals_only: bool = True) -> int:
+        self._load(tenant)
+        return self._index.count(tenant, originals_only=originals_only)
+
+    def search(self, tenant: str, query: str, vector: np.ndarray, *, limit: int) -> SearchResult:
+        self._load(tenant)
+        return self._index.search(tenant, query, vector, limit=limit)
+
+    async def asearch(self, tenant: str, query: str, vector: np.ndarray, *, limit: int) -> SearchResult:
+        return self.search(tenant, query, vector, limit=limit)
+
+    def score(self, tenant: str, query: str, vector: np.ndarray, ids: Iterable[str]) -> dict[str, tuple[float, float]]:
+        self._load(tenant)
+        return self._index.score(tenant, query, vector, ids)
+
+    def close(self) -> None:
+        """Nothing to release: the `BaseStore` belongs to the graph."""
+
+    def __repr__(self) -> str:
+        return f"GraphStoreColdStore({type(self.store).__name__}, prefix={self.prefix!r}, tenants={len(self._loaded)})"
+
+    # -- internals ---------------------------------------------------------------
+    def _load(self, tenant: str) -> None:
+        """Fill the index with `tenant`'s records the first time it is touched."""
+        if tenant in self._loaded:
+            return
+        with self._lock:
+            if tenant not in self._loaded:
+                self._fill(tenant)
+
+    def _fill(self, tenant: str) -> None:
+        ns = self.namespace(tenant)
+        records: list[Any] = []
+        offset = 0
+        while True:
+            page = self.store.search(ns, limit=PAGE, offset=offset)
+            records.extend(r for r in page if tuple(r.namespace) == ns)
+            offset += len(page)
+            if len(page) < PAGE:
+                break
+        if records:
+            items, vecs = map(list, zip(*(decode_record(r.value) for r in records)))
+            order = sorted(range(len(items)), key=lambda k: (items[k].seq, records[k].created_at))
+            self._index.add(tenant, [items[k] for k in order], np.stack([vecs[k] for k in order]))
+        self._loaded.add(tenant)  # only once the index holds every record
