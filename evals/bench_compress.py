@@ -7,6 +7,11 @@ Prints tokens per second (cl100k tokens of the input): the compressor at 2x on e
 turn, cold (first pass, caches empty) and warm (caches filled, the steady state of a
 memory); the extractive summarizer on batches of 100 turns with the default embedder.
 Targets (issue 4): compressor >= 200k tokens/s, summarizer >= 5k tokens/s.
+
+``--lm-turns N`` also times the compressor with the local-LM scorer
+(`tiered_context.lm_importance`, SmolLM2-135M, extra ``smollm``) on the first N turns,
+after loading the model (the load time is reported apart); ``--lm-backend`` picks
+``llama_cpp`` (default) or ``transformers``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main", "run"]
 
@@ -27,7 +33,8 @@ def _one_core() -> None:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
 
-def run(locomo: Path, qmsum: Path | None = None, repeats: int = 3) -> dict:
+def run(locomo: Path, qmsum: Path | None = None, repeats: int = 3, lm_turns: int = 0,
+        lm_backend: str = "llama_cpp") -> dict:
     from tiered_context import ContextItem, SelfInformationCompressor, TokenCounter, WordLlamaEmbedder
     from tiered_context.core.summarize import ExtractiveSummarizer
     from tiered_context.evals.datasets import load_locomo, load_qmsum
@@ -64,7 +71,7 @@ def run(locomo: Path, qmsum: Path | None = None, repeats: int = 3) -> dict:
         summary_tokens += summarizer.summarize(batch).tokens
     seconds = time.perf_counter() - started
     batch_tokens = sum(i.tokens for b in batches for i in b)
-    return {
+    out = {
         "turns": len(texts), "tokens": tokens,
         "compressor_tokens_per_s_cold": round(tokens / cold),
         "compressor_tokens_per_s_warm": round(tokens / min(warm)),
@@ -73,6 +80,28 @@ def run(locomo: Path, qmsum: Path | None = None, repeats: int = 3) -> dict:
         "summarizer_tokens_per_s": round(batch_tokens / seconds),
         "summarizer_ratio": round(batch_tokens / max(summary_tokens, 1), 2),
     }
+    if lm_turns > 0:
+        out.update(_lm(texts[:lm_turns], counter, lm_backend))
+    return out
+
+
+def _lm(texts: list[str], counter: Any, backend: str) -> dict:
+    """Tokens/s of the compressor with the local-LM scorer (model load timed apart)."""
+    from tiered_context import SelfInformationCompressor
+    from tiered_context.lm_importance import LMSurprisalScorer
+
+    scorer = LMSurprisalScorer(backend=backend)
+    started = time.perf_counter()
+    scorer.word_bits(["load", "the", "model"])
+    load = time.perf_counter() - started
+    compressor = SelfInformationCompressor(counter, min_tokens=0, scorer=scorer)
+    tokens = sum(counter.count_many(texts))
+    started = time.perf_counter()
+    for text in texts:
+        compressor.compress_text(text, ratio=0.5)
+    seconds = time.perf_counter() - started
+    return {"lm_backend": backend, "lm_load_s": round(load, 1), "lm_turns": len(texts), "lm_tokens": tokens,
+            "lm_compressor_tokens_per_s": round(tokens / seconds, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,9 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-locomo", type=Path, required=True)
     parser.add_argument("--data-qmsum", type=Path)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--lm-turns", type=int, default=0, help="also time the local-LM scorer on N turns")
+    parser.add_argument("--lm-backend", choices=("llama_cpp", "transformers"), default="llama_cpp")
     args = parser.parse_args(argv)
     _one_core()
-    print(json.dumps(run(args.data_locomo, args.data_qmsum, args.repeats), indent=2))
+    print(json.dumps(run(args.data_locomo, args.data_qmsum, args.repeats, args.lm_turns, args.lm_backend), indent=2))
     return 0
 
 

@@ -218,3 +218,12 @@ def test_property_protected_words_always_survive(words: list[str], ratio: float)
         if word in ("Lisbon", "3", "2024", "yesterday", "$40", "never", "`x = 1`", '"hold the line"'):
             assert word in out, (word, out)
     assert COUNTER.count(out) <= COUNTER.count(text)
+
+
+def test_time_and_negation_words_do_not_lift_their_neighbours(compressor: SelfInformationCompressor) -> None:
+    # "no" is protected, but it does not make "Long time ... talk" a phrase worth keeping:
+    # the phrase that carries the news ("fashion internship") stays whole at 3x
+    text = "Hey Jon! Long time no talk! A lot's happened - I just got accepted for a fashion internship!"
+    kept = compressor.compress_text(text, ratio=1 / 3).split()
+    assert {"Jon", "no", "fashion", "internship"} <= set(kept)
+    assert "talk" not in kept and "Hey" not in kept

@@ -11,20 +11,28 @@ words ("yesterday", "last week"), negations, quoted text, inline code, fenced co
 blocks, URLs and e-mail addresses. JSON tool results are compressed by structure
 (nulls and empty fields dropped, long arrays and strings shortened with a marker), code
 without fences and text in scripts written without spaces (Chinese, Japanese, Thai) are
-left verbatim.
+left verbatim. The word model (surprisal, language detection) is in `core.importance`,
+the JSON / code / script handling in `core.structure`; `scorer=` swaps the unigram
+estimate for a contextual one (`tiered_context.lm_importance`, a local LM: slower, and
+measured worse on answer survival, see its docstring).
+
+Order of dropping (English): fillers, hedges, function words, glue words, then content
+words by surprisal, with generic words ("thing", "great") 4 bits cheaper, "-ly" adverbs
+and sentence-opening content words 3 bits cheaper, repeated words 4 bits cheaper, and
+the words of one phrase (a run of content words) pulled halfway to the phrase's most
+informative word, so "fashion internship" tends to stay or go as one.
 
 Measured on one core (`python -m tiered_context.evals.bench_compress`, the 22,866 turns of
 LoCoMo dev5 and QMSum val, 504k cl100k tokens): ~370k tokens/s from cold caches, 2.05x
-at ratio 0.5. At 2x, 97.3% of LoCoMo single-hop answers keep every answer term (86% at
-3x); see the answer-survival rows of `tiered-context eval`.
+at ratio 0.5. Answer survival on LoCoMo dev5 (223 single-hop answers found verbatim in
+their evidence turn): 97.8% at 2x (achieved 1.96x), 86.5% at 3x (achieved 2.91x); the
+issue's 3x target (93%) is not met by word-level unigram pruning; see the
+answer-survival rows of `tiered-context eval`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
-import math
 import re
 import threading
 from collections.abc import Sequence
@@ -36,18 +44,25 @@ from tiered_context.core.facts import (
     _GENERIC,
     _GLUE,
     _HEDGES,
-    MONTHS,
-    NEGATIONS,
-    NUMBER_WORDS,
-    TEMPORAL,
-    frequencies,
+    _NOT_NAMES,
     ordinary_opener,
 )
+from tiered_context.core.importance import (
+    APOSTROPHES,
+    DIGIT,
+    PROTECTED_WORDS,
+    PUNCT,
+    Surprisal,
+    WordScorer,
+    detect_language,
+    information,
+)
 from tiered_context.core.items import ContextItem, Tier
+from tiered_context.core.structure import compress_json, looks_like_code, mostly_unspaced, parse_json
 from tiered_context.core.tokens import TokenCounter
 from tiered_context.errors import ConfigError
 
-__all__ = ["Compressor", "SelfInformationCompressor", "compressed_form", "form_id", "information"]
+__all__ = ["Compressor", "SelfInformationCompressor", "compressed_form", "detect_language", "form_id", "information"]
 
 
 @runtime_checkable
@@ -86,21 +101,17 @@ def compressed_form(item: ContextItem, text: str, tokens: int, ratio: float) -> 
 
 
 # -- lexicon -------------------------------------------------------------------------------
-_PUNCT = "\"'“”‘’«»()[]{}<>.,;:!?¿¡…-–—*_~/\\|"
-_APOSTROPHES = str.maketrans({"’": "'", "‘": "'"})
-_PROTECTED_WORDS = TEMPORAL | NUMBER_WORDS | NEGATIONS | frozenset(MONTHS)
-_NOT_NAMES = frozenset({"i", "i'm", "i've", "i'll", "i'd", "ok", "okay"})
 #: Surprisal (bits) of punctuation pieces when they stand alone: cheap to drop, commas first.
 _PUNCT_BITS = {",": 1.0, "!": 1.5, "...": 1.5, "…": 1.5, "-": 2.0, "—": 2.0, "–": 2.0, ".": 3.0, "?": 3.5,
                ":": 3.0, ";": 2.5}
-UNSEEN_BITS = 24.0
-_CLASS_BASE = {"filler": 0.0, "hedge": 100.0, "function": 200.0, "glue": 300.0}
 _CONTENT_BASE = 400.0
 COHESION = 0.5
+#: Bits off "-ly" adverbs (they qualify a fact, they rarely are one) and off content words
+#: that open a sentence (framing: "Besides", "Mostly", "Trust me"). Measured on LoCoMo
+#: answer survival: +1 answer of 223 at 2x and at 3x, and a 3x ratio of 2.91 instead of 2.90.
+ADVERB_PENALTY = 3.0
+OPENER_PENALTY = 3.0
 GENERIC_BASE = 396.0
-#: A capitalised sentence-opening word is a name only when rarer than this (zipf ~4.3).
-NAME_MAX_FREQUENCY = 2e-5
-_DIGIT = re.compile(r"\d")
 _SPAN = re.compile(
     r"```.*?(?:```|\Z)"  # fenced code
     r"|`[^`\n]+`"  # inline code
@@ -108,123 +119,8 @@ _SPAN = re.compile(
     r"|(?:https?://|www\.)\S+|[\w.+-]+@[\w-]+\.[\w.]+",  # URLs, e-mail
     re.S,
 )
-#: Scripts written without spaces between words: word pruning would cut words apart.
-_UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]")
-_CODE_LINE = re.compile(r"^\s{4,}\S|^\t|[;{}]\s*$|^\s*(?:def|class|import|from|return|function|const|let|var|if|for|while)\b.*[:({=]|=>|::|#include")
 
 
-#: The most frequent function words of common Latin-script languages: a cheap detector.
-_STOP_WORDS = {
-    "en": "the and to of a in is you that it i for was with this",
-    "es": "el la que de los las por una para con es y del se",
-    "fr": "le la les des est et une pour dans que qui pas du je",
-    "de": "der die das und ist nicht ich ein eine mit auf für den zu",
-    "it": "il che di la non per una sono della con è gli le del",
-    "pt": "que não uma com para os do da em é um são se no",
-    "nl": "de het een en van dat niet ik op zijn voor met je te",
-    "sv": "och att det som är för på inte jag med av en till",
-    "da": "og det er til på med af ikke jeg som har en de",
-    "pl": "nie się że na jest do to jak ale w z co",
-    "tr": "ve bir bu da için ile de ne çok ama gibi mi",
-    "id": "yang dan di ini itu dengan untuk tidak dari ke akan ada",
-    "fi": "ja on ei se että oli mutta kun niin hän ovat kanssa",
-    "cs": "a je se na že to v s jsem ale jako by",
-    "ro": "și în de la nu este cu că o pe un mai",
-    "hu": "a az és hogy nem is egy de meg van volt csak",
-}
-
-
-@functools.lru_cache(maxsize=1)
-def _stop_languages() -> dict[str, tuple[str, ...]]:
-    english = frequencies("en")
-    table: dict[str, list[str]] = {}
-    for lang, words in _STOP_WORDS.items():
-        for word in words.split():  # "no", "a", "to", "on" say nothing against English
-            if lang == "en" or english.get(word, 0.0) < 1e-5:
-                table.setdefault(word, []).append(lang)
-    return {w: tuple(langs) for w, langs in table.items()}
-
-
-_SCRIPTS = ((0x0400, 0x04FF, "ru"), (0x0370, 0x03FF, "el"), (0x0600, 0x06FF, "ar"), (0x0590, 0x05FF, "he"),
-            (0x0900, 0x097F, "hi"), (0xAC00, 0xD7AF, "ko"), (0x0980, 0x09FF, "bn"), (0x0B80, 0x0BFF, "ta"))
-
-
-def detect_language(words: Sequence[str]) -> str:
-    """The wordfreq language code of lower-cased `words` (by frequent words, then script)."""
-    table = _stop_languages()
-    votes: dict[str, int] = {}
-    for word in words[:60]:
-        for lang in table.get(word, ()):
-            votes[lang] = votes.get(lang, 0) + 1
-    if votes:
-        best = max(votes.items(), key=lambda kv: (kv[1], kv[0] == "en"))[0]
-        if best == "en" or (votes[best] >= 2 and votes[best] > votes.get("en", 0)):
-            return best
-        return "en"
-    for word in words[:20]:
-        if not word:
-            continue
-        code = ord(word[0])
-        for low, high, lang in _SCRIPTS:
-            if low <= code <= high:
-                return lang
-    return "en"
-
-
-class _Surprisal:
-    """Bits per lower-cased word for one language, cached (thread-safe enough: dict ops)."""
-
-    def __init__(self, lang: str) -> None:
-        self._freq = frequencies(lang)
-        self._bits: dict[str, float] = {}
-
-    def __call__(self, word: str) -> float:
-        bits = self._bits.get(word)
-        if bits is None:
-            p = self._freq.get(word, 0.0)
-            if not p and word.endswith(("'s", "'")):  # possessives: "lot's", "kids'"
-                p = self._freq.get(word.rstrip("'s") if word.endswith("'") else word[:-2], 0.0)
-            if not p and "-" in word.strip("-"):  # compounds: as informative as their rarest part
-                parts = [self(part) for part in word.split("-") if part]
-                bits = max(parts) + 2.0 if parts else UNSEEN_BITS
-            else:
-                bits = -math.log2(p) if p > 0 else UNSEEN_BITS
-            if len(self._bits) < 500_000:
-                self._bits[word] = bits
-        return bits
-
-    def common(self, word: str) -> bool:
-        return self._freq.get(word, 0.0) > NAME_MAX_FREQUENCY
-
-
-_MODELS: dict[str, _Surprisal] = {}
-
-
-def _shared_model(lang: str) -> _Surprisal:
-    model = _MODELS.get(lang)
-    if model is None:
-        model = _MODELS.setdefault(lang, _Surprisal(lang))
-    return model
-
-
-def information(text: str, *, ignore: frozenset[str] = frozenset(), lang: str | None = None) -> float:
-    """Bits of information in the content words of `text`: each word's surprisal above
-    that of a common word (8 bits), plus 12 bits per number or date word. Fillers,
-    hedges, function words and `ignore` (lower-cased, e.g. the participants' names) add
-    nothing: "Wow, Caroline, that's awesome!" scores near 0."""
-    words = [w.strip(_PUNCT) for w in text.split()]
-    lowers = [w.lower().translate(_APOSTROPHES) for w in words if w]
-    model = _shared_model(lang or detect_language(lowers))
-    total = 0.0
-    for word, lower in zip((w for w in words if w), lowers):
-        if lower in ignore or lower in _FILLERS or lower in _HEDGES or lower in _FUNCTION or lower in _GLUE:
-            continue
-        if _DIGIT.search(word) or lower in _PROTECTED_WORDS:
-            total += 12.0
-            continue
-        bits = model(lower) - (4.0 if lower in _GENERIC else 0.0)
-        total += max(0.0, bits - 8.0)
-    return total
 
 
 class SelfInformationCompressor:
@@ -241,6 +137,8 @@ class SelfInformationCompressor:
     are never dropped; when only those are left the form stays above its target.
     Items under `min_tokens` and code are kept verbatim; JSON is compressed by structure
     (`json_mode="verbatim"` keeps it as is). `lang=None` detects the language per item.
+    `scorer` (a `WordScorer`, e.g. `lm_importance.LMSurprisalScorer`) replaces the
+    unigram surprisal of the words it may drop with bits given the words before them.
     """
 
     def __init__(
@@ -250,6 +148,7 @@ class SelfInformationCompressor:
         min_tokens: int = 12,
         lang: str | None = None,
         json_mode: str = "structure",
+        scorer: WordScorer | None = None,
     ) -> None:
         if json_mode not in ("structure", "verbatim"):
             raise ConfigError("json_mode must be 'structure' (drop empty fields, shorten arrays) or 'verbatim'")
@@ -259,7 +158,8 @@ class SelfInformationCompressor:
         self.min_tokens = min_tokens
         self.lang = lang
         self.json_mode = json_mode
-        self._models: dict[str, _Surprisal] = {}
+        self.scorer = scorer
+        self._models: dict[str, Surprisal] = {}
         self._costs: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -289,11 +189,11 @@ class SelfInformationCompressor:
         if total <= target:
             return text
         stripped = text.strip()
-        if stripped[:1] in "{[" and (parsed := _json(stripped)) is not None:
-            return text if self.json_mode == "verbatim" else self._compress_json(text, parsed, target)
-        if _UNSPACED.search(text) and len(_UNSPACED.findall(text)) * 3 > len(text):
+        if stripped[:1] in "{[" and (parsed := parse_json(stripped)) is not None:
+            return text if self.json_mode == "verbatim" else compress_json(text, parsed, target, self.counter)
+        if mostly_unspaced(text):
             return text
-        if "```" not in text and _looks_like_code(text):
+        if "```" not in text and looks_like_code(text):
             return text
         out = self._prune(text, target)
         if target_tokens is not None:  # a hard target: check exactly, tighten if the estimate was short
@@ -304,11 +204,11 @@ class SelfInformationCompressor:
                 out = self._prune(text, max(1, target - (have - target)))
         return out
 
-    def _model(self, lang: str) -> _Surprisal:
+    def _model(self, lang: str) -> Surprisal:
         model = self._models.get(lang)
         if model is None:
             with self._lock:
-                model = self._models.setdefault(lang, _Surprisal(lang))
+                model = self._models.setdefault(lang, Surprisal(lang))
         return model
 
     def _cost(self, piece: str) -> int:
@@ -361,40 +261,49 @@ class SelfInformationCompressor:
         words_all = [w for ln in lines for w in ln.split()]
         if not words_all:
             return line + len(lines) - 1
-        lang = self.lang or detect_language([w.strip(_PUNCT).lower() for w in words_all[:60]])
+        lang = self.lang or detect_language([w.strip(PUNCT).lower() for w in words_all[:60]])
         model = self._model(lang)
         cased = lang not in ("ko", "ar", "he", "hi", "bn", "ta")
         english = lang == "en"
         seen: set[str] = set()
+        weak: set[int] = set()  # protected time, number and negation words (not names)
         first = len(pieces)
+        contextual = iter(self.scorer.word_bits(words_all)) if self.scorer is not None else None
         start = not pieces or (pieces[-1][0][-1:] in ".!?:\n" if pieces else True)
         for n, ln in enumerate(lines):
             if n:
                 line += 1
                 start = True
             for word in ln.split():
-                core = word.strip(_PUNCT)
+                core = word.strip(PUNCT)
+                in_context = next(contextual) if contextual is not None else None
                 if not core:  # punctuation or emoji alone
                     pieces.append([word, _PUNCT_BITS.get(word, 2.0) + (200.0 if english else 0.0), False, line])
                     start = word[-1] in ".!?"
                     continue
                 lead = word[: word.index(core[0])]
                 tail = word[len(lead) + len(core):]
-                lower = core.lower().translate(_APOSTROPHES)
-                if _DIGIT.search(core) or lower in _PROTECTED_WORDS or "_" in core or "." in core or "/" in core:
+                lower = core.lower().translate(APOSTROPHES)
+                if DIGIT.search(core) or lower in PROTECTED_WORDS or "_" in core or "." in core or "/" in core:
                     bits = None
+                    weak.add(len(pieces))
                 elif cased and (core[0].isupper() or core[1:2].isupper()) and lower not in _NOT_NAMES and (
                     not start or not (ordinary_opener(lower) if english else model.common(lower))
                 ):
                     bits = None  # a name (or an acronym)
                 else:
-                    bits = model(lower)
+                    bits = model(lower) if in_context is None else in_context
                     if english:
                         bits += (0.0 if lower in _FILLERS else 100.0 if lower in _HEDGES else 200.0
                                  if lower in _FUNCTION else 300.0 if lower in _GLUE else GENERIC_BASE if lower in _GENERIC
                                  else _CONTENT_BASE)
-                        if lower in seen:  # said again: predictable from the context
+                        if lower in seen and in_context is None:  # said again: predictable from the context
                             bits -= 4.0
+                        if bits >= _CONTENT_BASE:
+                            if lower.endswith("ly"):
+                                bits -= ADVERB_PENALTY
+                            if start:
+                                bits -= OPENER_PENALTY
                         seen.add(lower)
                 pieces.append([lead + core, bits, False, line])
                 if tail:
@@ -408,7 +317,10 @@ class SelfInformationCompressor:
                     run.append(i)
                     continue
                 if len(run) > 1:
-                    top = max(_CONTENT_BASE + 24 if pieces[j][1] is None else pieces[j][1] for j in run)
+                    # a name lifts its neighbours ("Lisbon launch"); a time, number or negation
+                    # word does not ("Long time no talk")
+                    top = max((_CONTENT_BASE + 24 if pieces[j][1] is None else pieces[j][1]
+                               for j in run if j not in weak), default=0.0)
                     for j in run:
                         if pieces[j][1] is not None:
                             pieces[j][1] += COHESION * (top - pieces[j][1])
@@ -420,19 +332,6 @@ class SelfInformationCompressor:
                 pieces[i][1] = None
         return line
 
-    # -- JSON ----------------------------------------------------------------------------
-    def _compress_json(self, text: str, value: Any, target: int) -> str:
-        """Drop null / empty fields, then shorten long arrays and strings until `target`."""
-        value = _drop_empty(value)
-        out = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-        if self.counter.count(out) <= target:
-            return out
-        for items, chars in ((8, 400), (4, 200), (2, 120), (1, 60)):
-            out = json.dumps(_shorten(value, items, chars), ensure_ascii=False, separators=(",", ":"))
-            if self.counter.count(out) <= target:
-                break
-        return out if self.counter.count(out) < self.counter.count(text) else text
-
     def __repr__(self) -> str:
         return f"SelfInformationCompressor(min_tokens={self.min_tokens}, lang={self.lang or 'auto'})"
 
@@ -440,37 +339,3 @@ class SelfInformationCompressor:
 def _check_ratio(ratio: float) -> None:
     if not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
         raise ConfigError(f"ratio is the share of tokens to keep and must be in (0, 1], got {ratio!r}")
-
-
-def _json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
-
-
-def _looks_like_code(text: str) -> bool:
-    lines = [ln for ln in text.split("\n") if ln.strip()]
-    if len(lines) < 2:
-        return False
-    return sum(1 for ln in lines if _CODE_LINE.search(ln)) * 3 >= len(lines)
-
-
-def _drop_empty(value: Any) -> Any:
-    if isinstance(value, dict):
-        out = {k: _drop_empty(v) for k, v in value.items()}
-        return {k: v for k, v in out.items() if v not in (None, "", [], {})}
-    if isinstance(value, list):
-        return [_drop_empty(v) for v in value]
-    return value
-
-
-def _shorten(value: Any, items: int, chars: int) -> Any:
-    if isinstance(value, dict):
-        return {k: _shorten(v, items, chars) for k, v in value.items()}
-    if isinstance(value, list):
-        head = [_shorten(v, items, chars) for v in value[:items]]
-        return head + [f"… {len(value) - items} more"] if len(value) > items else head
-    if isinstance(value, str) and len(value) > chars:
-        return value[:chars] + "…"
-    return value
