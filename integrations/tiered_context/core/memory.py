@@ -26,7 +26,7 @@ from tiered_context.core.summarize import ExtractiveSummarizer, Summarizer, Summ
 from tiered_context.core.tokens import TokenCounter
 from tiered_context.errors import ConfigError, InputError
 
-__all__ = ["TieredContext", "Compaction", "Compression"]
+__all__ = ["TieredContext", "Compaction", "Compression", "apply_feedback"]
 
 log = logging.getLogger("tiered_context")
 #: Stored items whose compressed forms are computed together, in the background.
@@ -71,6 +71,21 @@ class Compression(str, Enum):
     OFF = "off"
     WORKING_SET = "working-set"
     ALL = "all"
+
+
+def apply_feedback(scorer: Scorer, assembled: AssembledContext, used: Iterable[str], user: str | None) -> None:
+    """One online preference step for `user`: the items of `assembled` named in `used`
+    (ids or origin ids) pull the weights toward their score parts, the others push away."""
+    used_ids = set(used)
+    used_parts, unused_parts = [], []
+    for item in assembled.items:
+        origin = item.origin_ids[0]
+        parts = assembled.report.scores.get(origin)
+        if parts is None:
+            continue
+        sp = ScoreParts(*(parts[k] for k in ScoreParts.__slots__))
+        (used_parts if {item.id, origin} & used_ids else unused_parts).append(sp)
+    scorer.preferences.update(user, used_parts, unused_parts)
 
 
 def summary_scope(session_id: str) -> str:
@@ -267,17 +282,7 @@ class TieredContext:
         Updates the user's priority weights online: used items pull the weights toward
         what made them score, shown-but-unused items push away. Persisted with `path=`.
         """
-        used_ids = set(used)
-        used_parts, unused_parts = [], []
-        for item in assembled.items:
-            origin = item.origin_ids[0]
-            parts = assembled.report.scores.get(origin)
-            if parts is None:
-                continue
-            sp = ScoreParts(*(parts[k] for k in ScoreParts.__slots__))
-            (used_parts if {item.id, origin} & used_ids else unused_parts).append(sp)
-        user = user_id or self.user_id
-        self.scorer.preferences.update(user, used_parts, unused_parts)
+        apply_feedback(self.scorer, assembled, used, user_id or self.user_id)
         if self.path is not None:
             (self.path / "preferences.json").write_text(json.dumps(self.scorer.preferences.state()))
 

@@ -21,6 +21,8 @@ from typing import Any
 _EXPORTS = {
     "CallReport": "middleware",
     "LangChainEmbedder": "embeddings",
+    "ScopedSubagent": "subagents",
+    "SubagentResult": "subagents",
     "TieredChatMessageHistory": "history",
     "TieredContextMiddleware": "middleware",
     "TieredDocumentCompressor": "compressor",

@@ -22,6 +22,8 @@ _EXPORTS = {
     "LlamaIndexEmbedder": "embeddings",
     "MediaTokens": "_convert",
     "PriorityPostprocessor": "postprocessors",
+    "ScopedAgentWorkflow": "workflow",
+    "ScopedWorkflowMemory": "workflow",
     "SemanticCacheLLM": "cache",
     "TieredAssemblyEvent": "instrumentation",
     "TieredCompressionEvent": "instrumentation",
@@ -32,6 +34,7 @@ _EXPORTS = {
     "TieredMemoryBlock": "blocks",
     "TieredRetriever": "retriever",
     "TokenBudgetPostprocessor": "postprocessors",
+    "WorkflowScopes": "workflow",
 }
 
 __all__ = sorted(_EXPORTS)
