@@ -9,12 +9,15 @@ out = ctx.assemble("When is the launch?", budget=1000)
 """
 
 from tiered_context.core.assembler import AssembledContext, AssemblyReport, ContextAssembler
+from tiered_context.core.blocks import BlockKind, ContextBlock, MergeResult, ScopeDiff
 from tiered_context.core.budget import Budget, LadderEvent, LadderLevel, ModelSize
 from tiered_context.core.compress import Compressor, SelfInformationCompressor
 from tiered_context.core.embed import Embedder, MiniLMEmbedder, WordLlamaEmbedder
 from tiered_context.core.items import ContextItem, Role, Tier
 from tiered_context.core.facts import Fact, FactCheck, check_facts
 from tiered_context.core.memory import Compaction, Compression, TieredContext
+from tiered_context.core.routing import ScopeRouter
+from tiered_context.core.scope import ContextScope
 from tiered_context.core.scoring import PreferenceModel, Scorer, ScoreParts, ScoringConfig
 from tiered_context.core.store import ColdStore, Hit, LocalColdStore
 from tiered_context.core.summarize import (
@@ -32,7 +35,10 @@ from tiered_context.errors import (
     DependencyError,
     DuplicateItemError,
     InputError,
+    MergeConflict,
+    ScopeError,
     StoreError,
+    TenantError,
     TieredContextError,
 )
 
@@ -41,6 +47,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AssembledContext",
     "AssemblyReport",
+    "BlockKind",
     "Budget",
     "BudgetError",
     "ColdStore",
@@ -49,7 +56,9 @@ __all__ = [
     "Compressor",
     "ConfigError",
     "ContextAssembler",
+    "ContextBlock",
     "ContextItem",
+    "ContextScope",
     "DependencyError",
     "DuplicateItemError",
     "Embedder",
@@ -62,10 +71,15 @@ __all__ = [
     "LadderEvent",
     "LadderLevel",
     "LocalColdStore",
+    "MergeConflict",
+    "MergeResult",
     "MiniLMEmbedder",
     "ModelSize",
     "PreferenceModel",
     "Role",
+    "ScopeDiff",
+    "ScopeError",
+    "ScopeRouter",
     "ScoreParts",
     "Scorer",
     "ScoringConfig",
@@ -75,9 +89,10 @@ __all__ = [
     "SummaryConfig",
     "SummaryError",
     "SummaryRejected",
+    "TenantError",
+    "Tier",
     "TieredContext",
     "TieredContextError",
-    "Tier",
     "TokenCounter",
     "WordLlamaEmbedder",
     "__version__",

@@ -7,7 +7,10 @@ TieredContextError                 base: catch this to catch everything we raise
 ├── InputError (ValueError)        an item or message we cannot accept as given
 │   └── DuplicateItemError         an id that is already stored with different content
 ├── DependencyError (ImportError)  an optional extra is not installed
-└── StoreError (RuntimeError)      the cold store failed; nothing acknowledged was lost
+├── StoreError (RuntimeError)      the cold store failed; nothing acknowledged was lost
+└── ScopeError                     a scope operation cannot be done as asked
+    ├── MergeConflict              a diff touches keys the parent changed since the fork
+    └── TenantError (PermissionError)  one tenant's scope, diff or block used from another's
 ```
 Every message says what to change.
 """
@@ -22,6 +25,9 @@ __all__ = [
     "DuplicateItemError",
     "DependencyError",
     "StoreError",
+    "ScopeError",
+    "MergeConflict",
+    "TenantError",
 ]
 
 
@@ -51,6 +57,31 @@ class DependencyError(TieredContextError, ImportError):
 
 class StoreError(TieredContextError, RuntimeError):
     """The cold store failed. Acknowledged items are never lost by this error."""
+
+
+class ScopeError(TieredContextError):
+    """A scope operation cannot be done as asked (unknown scope, a diff for another parent)."""
+
+
+class MergeConflict(ScopeError):
+    """A diff touches keys that the parent changed after the child forked.
+
+    `keys` lists them; merge again with ``on_conflict="ours"`` (keep the parent's) or
+    ``"theirs"`` (take the diff's), or re-fork the child from the parent's current version.
+    """
+
+    def __init__(self, keys: list[str], *, scope: str, base_version: int, parent_version: int) -> None:
+        self.keys, self.scope = sorted(keys), scope
+        self.base_version, self.parent_version = base_version, parent_version
+        super().__init__(
+            f"diff of scope {scope!r} (based on parent version {base_version}, parent now at {parent_version}) "
+            f"conflicts on {len(self.keys)} key(s): {', '.join(self.keys[:10])}; merge with on_conflict='ours' "
+            "(keep the parent's blocks) or 'theirs' (take the child's), or fork again from the current parent"
+        )
+
+
+class TenantError(ScopeError, PermissionError):
+    """A scope, diff or block of one tenant was used from another tenant's scope."""
 
 
 def positive_int(name: str, value: object) -> int:

@@ -14,6 +14,15 @@ import tiered_context
 EXPECTED = sorted(
     [
         "AssembledContext",
+        "BlockKind",
+        "ContextBlock",
+        "ContextScope",
+        "MergeConflict",
+        "MergeResult",
+        "ScopeDiff",
+        "ScopeError",
+        "ScopeRouter",
+        "TenantError",
         "AssemblyReport",
         "Budget",
         "BudgetError",

@@ -29,37 +29,12 @@ from types import MappingProxyType
 from typing import Any
 
 from tiered_context.core.items import ContextItem, Role, coerce_text
-from tiered_context.errors import InputError, TieredContextError
+from tiered_context.errors import InputError, MergeConflict, ScopeError, TenantError
 
 __all__ = [
     "BlockKind", "ContextBlock", "MergeConflict", "MergeResult", "OnConflict", "ScopeDiff", "ScopeError",
     "TenantError", "content_hash",
 ]
-
-
-class ScopeError(TieredContextError):
-    """A scope operation cannot be done as asked (unknown scope, a diff for another parent)."""
-
-
-class MergeConflict(ScopeError):
-    """A diff touches keys that the parent changed after the child forked.
-
-    `keys` lists them; merge again with ``on_conflict="ours"`` (keep the parent's) or
-    ``"theirs"`` (take the diff's), or re-fork the child from the parent's current version.
-    """
-
-    def __init__(self, keys: list[str], *, scope: str, base_version: int, parent_version: int) -> None:
-        self.keys, self.scope = sorted(keys), scope
-        self.base_version, self.parent_version = base_version, parent_version
-        super().__init__(
-            f"diff of scope {scope!r} (based on parent version {base_version}, parent now at {parent_version}) "
-            f"conflicts on {len(self.keys)} key(s): {', '.join(self.keys[:10])}; merge with on_conflict='ours' "
-            "(keep the parent's blocks) or 'theirs' (take the child's), or fork again from the current parent"
-        )
-
-
-class TenantError(ScopeError, PermissionError):
-    """A scope, diff or block of one tenant was used from another tenant's scope."""
 
 
 class BlockKind(str, Enum):
