@@ -21,6 +21,7 @@ from typing import Any
 _EXPORTS = {
     "CallReport": "middleware",
     "LangChainEmbedder": "embeddings",
+    "GraphStoreColdStore": "graph_store",
     "ScopedSubagent": "subagents",
     "SubagentResult": "subagents",
     "TieredChatMessageHistory": "history",
