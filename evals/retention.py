@@ -13,7 +13,12 @@ Each row aggregates one (dataset, strategy, budget, category), plus ``category="
 evenly across the budgets (each conversation is ingested once per strategy); every
 category row of the triple carries the same value. Rows of strategies that compress
 also carry ``compression_ratio`` (mean over questions of the assembled context's
-original tokens / tokens used).
+original tokens / tokens used). ``latency_p50_ms`` / ``latency_p95_ms`` are the median
+and 95th percentile of the per-assembly latency (one ``context`` call) in the row.
+
+Observers: ``run_eval(..., on_assembly=callback)`` calls ``callback(Assembly(...))``
+once per (question, strategy, budget), right after the context was built and scored:
+what RAGAS collectors and tracers consume. Combine several with `fan_out`.
 
 Answer survival (strategies with a per-item ``compressor``, data with answers): for
 LoCoMo single-hop questions whose gold answer appears in an evidence turn (compared
@@ -34,6 +39,7 @@ import string
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +48,71 @@ from tqdm import tqdm
 
 from tiered_context.core.lexical import terms
 from tiered_context.core.items import ContextItem
-from tiered_context.evals.datasets import Conversation, category_label
+from tiered_context.evals.datasets import Conversation, Question, category_label
 from tiered_context.evals.strategies import STRATEGIES, Strategy, counter
 
-__all__ = ["BudgetViolation", "ROW_KEYS", "SURVIVAL_RATIOS", "answer_survival", "bootstrap_ci",
-           "render_markdown", "run_eval", "write_reports"]
+__all__ = ["Assembly", "BudgetViolation", "ROW_KEYS", "SURVIVAL_RATIOS", "answer_survival",
+           "bootstrap_ci", "fan_out", "render_markdown", "run_eval", "write_reports"]
 
 #: Kept share of tokens for the answer-survival rows: 2x and 3x compression.
 SURVIVAL_RATIOS = (0.5, 1 / 3)
+#: Category prefix of the RAGAS metric rows (``"ragas:context_recall"``), tabled apart.
+RAGAS_PREFIX = "ragas:"
 #: The LoCoMo category whose answers are looked for verbatim in the evidence (single-hop).
 SURVIVAL_CATEGORY = "4"
 
 ROW_KEYS = ("dataset", "strategy", "budget", "category", "recall", "ci_low", "ci_high",
-            "questions", "mean_tokens", "seconds")
+            "questions", "mean_tokens", "seconds", "latency_p50_ms", "latency_p95_ms")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Assembly:
+    """One assembled context, as observers of `run_eval` see it.
+
+    `covered` holds the ids of the turns in `context`; `evidence` the question's evidence
+    turn ids and `evidence_texts` their text (the reference contexts); `recall` is
+    ``len(covered & evidence) / len(evidence)``; `tokens` the cl100k size of `context`;
+    `latency_ms` the time of that one ``context`` call. `report` is the tiered strategy's
+    assembly report as a dict (``tokens_per_tier``, ``candidates``, ``dropped``,
+    ``compression_ratio``, ``seconds``); None for baselines.
+    """
+
+    dataset: str
+    conversation_id: str
+    question_id: str
+    category: str
+    strategy: str
+    budget: int
+    question: str
+    answer: str | None
+    context: str
+    tokens: int
+    covered: frozenset[str]
+    evidence: tuple[str, ...]
+    evidence_texts: tuple[str, ...]
+    recall: float
+    latency_ms: float
+    compression_ratio: float | None
+    report: Mapping[str, Any] | None
+
+
+AssemblyObserver = Callable[[Assembly], None]
+
+
+def fan_out(*observers: AssemblyObserver | None) -> AssemblyObserver | None:
+    """One `on_assembly` callback that calls each of `observers` in turn (Nones are
+    skipped; None when none is left)."""
+    live = [o for o in observers if o is not None]
+    if not live:
+        return None
+    if len(live) == 1:
+        return live[0]
+
+    def observe(assembly: Assembly) -> None:
+        for observer in live:
+            observer(assembly)
+
+    return observe
 
 
 class BudgetViolation(RuntimeError):
@@ -90,11 +148,13 @@ def run_eval(
     strategies: Mapping[str, Callable[[], Strategy]] | Sequence[str],
     budgets: Sequence[int],
     progress: bool = True,
+    on_assembly: Callable[[Assembly], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Score every strategy at every budget on every dataset; one row per category.
 
     `strategies` maps a row name to a factory of fresh strategies (or is a list of names
-    from `STRATEGIES`). Raises `BudgetViolation` if any context exceeds its budget.
+    from `STRATEGIES`). `on_assembly`, if given, receives one `Assembly` per (question,
+    strategy, budget). Raises `BudgetViolation` if any context exceeds its budget.
     """
     if not isinstance(strategies, Mapping):
         strategies = {name: STRATEGIES[name] for name in strategies}
@@ -107,8 +167,8 @@ def run_eval(
         for dataset, conversations in conversations_by_dataset.items():
             for name, factory in strategies.items():
                 bar.set_description(f"{dataset}/{name}")
-                # per budget: category -> [(recall, tokens)], and seconds spent
-                scores: dict[int, dict[str, list[tuple[float, int]]]] = {
+                # per budget: category -> [(recall, tokens, latency ms)], and seconds spent
+                scores: dict[int, dict[str, list[tuple[float, int, float]]]] = {
                     b: defaultdict(list) for b in budgets}
                 seconds = dict.fromkeys(budgets, 0.0)
                 ratios: dict[int, dict[str, list[float]]] = {b: defaultdict(list) for b in budgets}
@@ -118,16 +178,21 @@ def run_eval(
                     start = time.perf_counter()
                     strategy.ingest(conv)
                     ingest = time.perf_counter() - start
+                    texts = {t.id: t.text for t in conv.turns} if on_assembly is not None else {}
                     for budget in budgets:
                         seconds[budget] += ingest / len(budgets)
                         for question in conv.questions:
                             start = time.perf_counter()
                             packed = strategy.context(question, budget)
-                            seconds[budget] += time.perf_counter() - start
+                            elapsed = time.perf_counter() - start
+                            seconds[budget] += elapsed
                             tokens = _check_budget(strategy, packed.text, packed.tokens, budget)
                             evidence = set(question.evidence)
                             recall = len(packed.covered & evidence) / len(evidence)
-                            scores[budget][question.category].append((recall, tokens))
+                            scores[budget][question.category].append((recall, tokens, elapsed * 1000))
+                            if on_assembly is not None:
+                                on_assembly(_assembly(dataset, conv.id, name, budget, question, packed,
+                                                      tokens, recall, elapsed, texts))
                             if packed.compression_ratio is not None:
                                 ratios[budget][question.category].append(packed.compression_ratio)
                             bar.update()
@@ -143,6 +208,20 @@ def run_eval(
     finally:
         bar.close()
     return rows
+
+
+def _assembly(dataset: str, conversation_id: str, strategy: str, budget: int, question: Question,
+              packed: Any, tokens: int, recall: float, elapsed: float,
+              texts: Mapping[str, str]) -> Assembly:
+    return Assembly(
+        dataset=dataset, conversation_id=conversation_id, question_id=question.id,
+        category=question.category, strategy=strategy, budget=budget, question=question.text,
+        answer=question.answer, context=packed.text, tokens=tokens,
+        covered=frozenset(packed.covered), evidence=tuple(question.evidence),
+        evidence_texts=tuple(texts[e] for e in question.evidence if e in texts),
+        recall=recall, latency_ms=elapsed * 1000, compression_ratio=packed.compression_ratio,
+        report=getattr(packed, "report", None),
+    )
 
 
 def _normalize(text: str) -> str:
@@ -199,7 +278,7 @@ def answer_survival(conversations: Sequence[Conversation], compressor: Any,
 
 
 def _aggregate(dataset: str, strategy: str, budget: int,
-               by_category: Mapping[str, list[tuple[float, int]]],
+               by_category: Mapping[str, list[tuple[float, int, float]]],
                seconds: float, ratios: Mapping[str, list[float]] | None = None) -> list[dict[str, Any]]:
     groups = {c: by_category[c] for c in sorted(by_category)}
     groups["all"] = [pair for c in sorted(by_category) for pair in by_category[c]]
@@ -210,14 +289,16 @@ def _aggregate(dataset: str, strategy: str, budget: int,
     for category, pairs in groups.items():
         if not pairs:
             continue
-        recalls = [r for r, _ in pairs]
+        recalls = [p[0] for p in pairs]
         low, high = bootstrap_ci(recalls)
+        p50, p95 = np.percentile([p[2] for p in pairs], [50, 95])
         row = {
             "dataset": dataset, "strategy": strategy, "budget": budget,
             "category": category, "recall": round(float(np.mean(recalls)), 4),
             "ci_low": round(low, 4), "ci_high": round(high, 4), "questions": len(pairs),
-            "mean_tokens": round(float(np.mean([t for _, t in pairs])), 1),
+            "mean_tokens": round(float(np.mean([p[1] for p in pairs])), 1),
             "seconds": round(seconds, 3),
+            "latency_p50_ms": round(float(p50), 3), "latency_p95_ms": round(float(p95), 3),
         }
         if ratio_groups[category]:
             row["compression_ratio"] = round(float(np.mean(ratio_groups[category])), 4)
@@ -232,7 +313,9 @@ def render_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     rows, if any, in a table of their own."""
     out: list[str] = []
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        mine = [r for r in rows if r["dataset"] == dataset and r["category"] != "answer_survival"]
+        mine = [r for r in rows if r["dataset"] == dataset and r["category"] != "answer_survival"
+                and not str(r["category"]).startswith(RAGAS_PREFIX)]
+        ragas = [r for r in rows if r["dataset"] == dataset and str(r["category"]).startswith(RAGAS_PREFIX)]
         survival = [r for r in rows if r["dataset"] == dataset and r["category"] == "answer_survival"]
         categories = sorted({r["category"] for r in mine} - {"all"})
         cells: dict[tuple[str, int], dict[str, Mapping[str, Any]]] = defaultdict(dict)
@@ -265,7 +348,24 @@ def render_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
                 out.append(f"| {r['strategy']} | {r['target_ratio']:.0f}x | {r['compression_ratio']:.2f}x | "
                            f"{r['recall']:.3f} | {r['ci_low']:.3f}-{r['ci_high']:.3f} | {r['strict_recall']:.3f} |")
             out.append("")
+        if ragas:
+            out += _ragas_table(dataset, ragas)
     return "\n".join(out)
+
+
+def _ragas_table(dataset: str, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """RAGAS metric rows (``category="ragas:<metric>"``, value in ``recall``) as one table:
+    strategy x budget down, one column per metric."""
+    metrics = list(dict.fromkeys(str(r["category"])[len(RAGAS_PREFIX):] for r in rows))
+    cells: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        cells[(r["strategy"], r["budget"])][str(r["category"])[len(RAGAS_PREFIX):]] = r["recall"]
+    out = [f"### {dataset}: RAGAS metrics (mean over questions)", "",
+           "| strategy | budget | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 2)]
+    for (strategy, budget), values in cells.items():
+        line = [strategy, str(budget)] + [f"{values[m]:.3f}" if m in values else "" for m in metrics]
+        out.append("| " + " | ".join(line) + " |")
+    return out + [""]
 
 
 def write_reports(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> tuple[Path, Path]:

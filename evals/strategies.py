@@ -1,4 +1,5 @@
-"""Context strategies under evaluation: two baselines and tiered-context itself.
+"""Context strategies under evaluation: two baselines, tiered-context itself and its
+ablations, and (from `baselines.py`) the frameworks' own memories.
 
 A strategy sees a whole conversation once (`ingest`), then builds the context for each
 question under a hard token budget (`context`), reporting which turns made it in::
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import functools
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,12 +30,14 @@ from tiered_context.evals.datasets import Conversation, Question
 
 __all__ = [
     "BM25Strategy",
+    "NEEDS_MODEL",
     "Packed",
     "RecencyStrategy",
     "STRATEGIES",
     "Strategy",
     "TieredStrategy",
     "counter",
+    "llm_free",
 ]
 
 _COUNTER: TokenCounter | None = None
@@ -58,6 +61,9 @@ class Packed:
     covered: set[str] = field(default_factory=set)
     #: original tokens of the included items / tokens they used (None: no compression)
     compression_ratio: float | None = None
+    #: what the assembler reported (tiered strategies: tokens_per_tier, candidates,
+    #: dropped, compression_ratio, seconds); None for baselines
+    report: Mapping[str, Any] | None = None
 
 
 @runtime_checkable
@@ -218,8 +224,13 @@ class TieredStrategy:
         if self._ctx is None:
             raise RuntimeError("call ingest(conversation) before context(question, budget)")
         out = self._ctx.assemble(question.text, budget=budget)
-        ratio = out.report.compression_ratio if self.compressor is not None else None
-        return Packed(text=out.text, tokens=int(out.tokens), covered=set(out.covered("dia_id")), compression_ratio=ratio)
+        rep = out.report
+        ratio = rep.compression_ratio if self.compressor is not None else None
+        report = {"tokens_per_tier": dict(rep.tokens_per_tier), "candidates": rep.candidates,
+                  "dropped": rep.dropped, "compression_ratio": rep.compression_ratio,
+                  "seconds": rep.seconds}
+        return Packed(text=out.text, tokens=int(out.tokens), covered=set(out.covered("dia_id")),
+                      compression_ratio=ratio, report=report)
 
 
 @functools.lru_cache(maxsize=1)
@@ -264,3 +275,17 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     # the same with progressive summaries made, archived and offered to assembly
     "tiered:summaries": _ablation("tiered:summaries", compression="all", summary={"enabled": True, "candidates": True}),
 }
+
+#: Strategies that need a model or an LLM the run must be given (not part of ``all``).
+NEEDS_MODEL = frozenset({"llmlingua", "langchain_summarization", "llama_index_summary_memory"})
+
+
+def llm_free() -> tuple[str, ...]:
+    """What ``--strategies all`` runs: every registered strategy that needs no model or
+    LLM (each is still skipped when its framework is not installed)."""
+    return tuple(name for name in STRATEGIES if name not in NEEDS_MODEL)
+
+
+# The frameworks' own memories register themselves (``STRATEGIES.update(...)`` at the
+# end of baselines.py, which imports summary_baselines.py, and of that one too).
+import tiered_context.evals.baselines  # noqa: E402,F401

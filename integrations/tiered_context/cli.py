@@ -1,20 +1,28 @@
 """The `tiered-context` command line.
 
     tiered-context eval --data-locomo locomo10.json --data-qmsum qmsum/val \\
-        --budgets 1000,2000 --strategies recency,bm25,tiered --out out/eval
+        --budgets 1000,2000 --strategies all --out out/eval --report out/eval
+    tiered-context eval ... --phoenix                 # trace every assembly in local Phoenix
+    tiered-context eval ... --judge my_models:chat    # + LLM-judged RAGAS metrics
+    tiered-context mcp ...                            # the MCP server (tiered_context.mcp)
 
 `bench` times ingest and assembly (see `tiered_context.evals.bench_speed`).
-`eval` measures evidence recall at token budgets (see `tiered_context.evals.retention`),
-writes ``results.json`` and ``results.md`` into ``--out`` and prints the tables.
+`eval` measures evidence recall at token budgets (see `tiered_context.evals.retention`)
+for tiered-context, its ablations and the frameworks' own memories
+(`tiered_context.evals.baselines`), adds the LLM-free RAGAS metrics of a sample of the
+assemblies (unless ``--no-ragas``), writes ``results.json`` and ``results.md`` into
+``--out`` and prints the tables; ``--report DIR`` also draws the plots and report.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 __all__ = ["main"]
 
@@ -50,7 +58,22 @@ def _parser() -> argparse.ArgumentParser:
                     help="comma-separated token budgets (default: 500,1000,2000,4000)")
     ev.add_argument("--strategies", type=_csv(str, "--strategies"),
                     default=["recency", "bm25", "tiered"],
-                    help="comma-separated strategies (default: recency,bm25,tiered)")
+                    help="comma-separated strategies, or 'all' (every LLM-free strategy whose "
+                         "dependencies are installed; default: recency,bm25,tiered)")
+    ev.add_argument("--llmlingua-model", metavar="PATH",
+                    help="local LLMLingua(-2) model: enables the 'llmlingua' strategy")
+    ev.add_argument("--summarizer", metavar="MODULE:ATTR",
+                    help="a LangChain chat model or LlamaIndex LLM to import: enables the "
+                         "'langchain_summarization' / 'llama_index_summary_memory' strategies")
+    ev.add_argument("--report", type=Path, metavar="DIR",
+                    help="also write plots and report.md into DIR (needs the 'evals' extra)")
+    ev.add_argument("--phoenix", nargs="?", const="", default=None, metavar="URL",
+                    help="trace every assembly in Arize Phoenix: a local server on 127.0.0.1 "
+                         "(working dir under --out), or the running one at URL")
+    ev.add_argument("--judge", metavar="MODULE:ATTR",
+                    help="a LangChain chat model or LlamaIndex LLM to import, for the "
+                         "LLM-judged RAGAS metrics")
+    ev.add_argument("--no-ragas", action="store_true", help="skip the RAGAS metrics")
     ev.add_argument("--out", type=Path, default=Path("out/eval"), help="output directory")
     ev.add_argument("--limit-conversations", type=int, metavar="N",
                     help="only the first N conversations of each data set")
@@ -67,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--out", type=Path, default=Path("out/bench"), help="output directory")
     be.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     be.set_defaults(subparser=be)
+    # `tiered-context mcp ...` is parsed by tiered_context.mcp itself (see _mcp); this entry
+    # only lists it in the help.
+    sub.add_parser("mcp", help="serve a tiered-context memory over MCP (the 'mcp' extra)",
+                   add_help=False)
     return parser
 
 
@@ -86,10 +113,91 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _optional(module: str, extra: str, flag: str, parser: argparse.ArgumentParser) -> Any:
+    """Import `module` for `flag`, or stop with a usage error naming the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        parser.error(f"{flag} needs {module} ({exc}); install it with "
+                     f"pip install 'tiered-context[{extra}]'")
+
+
+def _import_object(spec: str, flag: str, parser: argparse.ArgumentParser) -> Any:
+    """The object named by ``MODULE:ATTR`` (``ATTR`` may be dotted)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        parser.error(f"{flag} takes MODULE:ATTR (e.g. {flag} my_models:judge), got {spec!r}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        parser.error(f"{flag} {spec}: cannot import it ({exc}); the module must be importable "
+                     "from the current directory or the Python path")
+    return obj
+
+
+def _factories(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Callable[[], Any]]:
+    """Strategy name -> factory for ``--strategies``; every factory is tried once, so a
+    missing dependency fails now, not after an hour of baselines."""
+    from tiered_context.evals.baselines import StrategyUnavailable, llmlingua_factory
+    from tiered_context.evals.strategies import STRATEGIES, llm_free
+    from tiered_context.evals.summary_baselines import summary_factories
+
+    strategies = dict(STRATEGIES)
+    strategies["llmlingua"] = llmlingua_factory(args.llmlingua_model)
+    if args.summarizer:
+        strategies.update(summary_factories(_import_object(args.summarizer, "--summarizer", parser)))
+    wanted = list(args.strategies)
+    if "all" in wanted:
+        wanted.remove("all")
+        extra = [n for n in llm_free() if n not in wanted]
+        if args.llmlingua_model and "llmlingua" not in wanted:
+            extra.append("llmlingua")
+        # with --summarizer, the summarizing baseline of the LLM's framework
+        extra += [n for n in ("langchain_summarization", "llama_index_summary_memory")
+                  if args.summarizer and n not in wanted]
+        wanted += extra
+        implicit = set(extra)
+    else:
+        implicit = set()
+    unknown = [s for s in wanted if s not in strategies]
+    if unknown:
+        parser.error(f"--strategies: unknown {', '.join(unknown)}; choose from "
+                     f"all, {', '.join(strategies)}")
+    factories = {}
+    for name in dict.fromkeys(wanted):
+        try:
+            strategies[name]()
+        except (ImportError, StrategyUnavailable) as exc:
+            if name in implicit:  # `all` means: whose dependencies are installed
+                print(f"--strategies all: skipping {name}: {exc}", file=sys.stderr)
+                continue
+            parser.error(f"--strategies {name}: {exc}")
+        factories[name] = strategies[name]
+    return factories
+
+
+def _observers(args: argparse.Namespace, parser: argparse.ArgumentParser,
+               stack: contextlib.ExitStack) -> tuple[Any, Any]:
+    """(RAGAS collector or None, Phoenix observer or None) for this run."""
+    collector = observer = None
+    if not args.no_ragas:
+        ragas = _optional("tiered_context.evals.ragas_eval", "evals", "RAGAS (on by default; "
+                          "--no-ragas skips it)", parser)
+        judge = _import_object(args.judge, "--judge", parser) if args.judge else None
+        collector = ragas.RagasCollector(judge=judge)
+    elif args.judge:
+        parser.error("--judge scores RAGAS metrics: drop --no-ragas or drop --judge")
+    if args.phoenix is not None:
+        phoenix = _optional("tiered_context.evals.phoenix", "evals", "--phoenix", parser)
+        observer = stack.enter_context(phoenix.phoenix_session(args.out, args.phoenix or None))
+    return collector, observer
+
+
 def _eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from tiered_context.evals import datasets
-    from tiered_context.evals.retention import run_eval, write_reports
-    from tiered_context.evals.strategies import STRATEGIES
+    from tiered_context.evals.retention import fan_out, run_eval, write_reports
 
     sources = {
         "locomo": (args.data_locomo, "--data-locomo", datasets.load_locomo, Path.is_file),
@@ -105,31 +213,45 @@ def _eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parser.error(f"{flag} {path}: not found or not {what}; fix the path given to {flag}")
     if any(b <= 0 for b in args.budgets):
         parser.error("--budgets must be positive token counts, e.g. --budgets 500,1000")
-    unknown = [s for s in args.strategies if s not in STRATEGIES]
-    if unknown:
-        parser.error(f"--strategies: unknown {', '.join(unknown)}; choose from "
-                     f"{', '.join(STRATEGIES)}")
-    factories = {name: STRATEGIES[name] for name in args.strategies}
-    for name, factory in factories.items():
-        try:
-            factory()  # fail now, not after an hour of baselines
-        except ImportError as exc:
-            parser.error(f"--strategies {name}: {exc}")
+    factories = _factories(args, parser)
+    report = _optional("tiered_context.evals.report", "evals", "--report", parser) if args.report else None
 
     data = {
         name: datasets.limit(load(path), conversations_max=args.limit_conversations,
                              questions_max=args.limit_questions)
         for name, (path, _, load, _) in sources.items() if path is not None
     }
-    rows = run_eval(data, factories, args.budgets, progress=not args.no_progress)
+    with contextlib.ExitStack() as stack:
+        collector, observer = _observers(args, parser, stack)
+        rows = run_eval(data, factories, args.budgets, progress=not args.no_progress,
+                        on_assembly=fan_out(collector, observer))
+        if collector is not None:
+            rows += collector.rows()
+        if observer is not None:
+            observer.log_results(rows)
+            print(f"Phoenix: {getattr(observer, 'url', args.phoenix)}")
     json_path, md_path = write_reports(rows, args.out)
     print(md_path.read_text(encoding="utf-8"))
     print(f"wrote {json_path}\nwrote {md_path}")
+    if report is not None:
+        print(f"wrote {report.write_report(rows, args.report)}")
     return 0
+
+
+def _mcp(argv: Sequence[str]) -> int:
+    """``tiered-context mcp ...``: parsed and run by `tiered_context.mcp` (the 'mcp' extra)."""
+    parser = argparse.ArgumentParser(prog="tiered-context mcp",
+                                     description="Serve a tiered-context memory over MCP.")
+    mcp = _optional("tiered_context.mcp", "mcp", "tiered-context mcp", parser)
+    mcp.add_arguments(parser)
+    return int(mcp.run(parser.parse_args(argv)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `tiered-context` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["mcp"]:
+        return _mcp(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "eval":

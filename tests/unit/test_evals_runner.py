@@ -14,13 +14,16 @@ from tiered_context.cli import main
 from tiered_context.evals.datasets import Conversation, Question, Turn, load_locomo, load_qmsum
 from tiered_context.evals.retention import (
     ROW_KEYS,
+    Assembly,
     BudgetViolation,
+    fan_out,
     bootstrap_ci,
     render_markdown,
     run_eval,
     write_reports,
 )
 from tiered_context.evals.strategies import (
+    llm_free,
     STRATEGIES,
     BM25Strategy,
     Packed,
@@ -168,12 +171,10 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     out = tmp_path / "eval"
     code = main(["eval", "--data-locomo", str(LOCOMO), "--strategies", "recency,bm25",
                  "--limit-conversations", "1", "--limit-questions", "5", "--budgets", "500",
-                 "--out", str(out), "--no-progress"])
+                 "--out", str(out), "--no-progress", "--no-ragas"])
     assert code == 0
     rows = json.loads((out / "results.json").read_text())
-    assert rows and all(set(r) == {"dataset", "strategy", "budget", "category", "recall",
-                                   "ci_low", "ci_high", "questions", "mean_tokens", "seconds"}
-                        for r in rows)
+    assert rows and all(set(r) == set(ROW_KEYS) for r in rows)
     assert {r["strategy"] for r in rows} == {"recency", "bm25"}
     assert all(r["budget"] == 500 and r["dataset"] == "locomo" for r in rows)
     overall = next(r for r in rows if r["category"] == "all" and r["strategy"] == "bm25")
@@ -183,16 +184,48 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert (out / "results.md").is_file()
 
 
+def test_cli_adds_ragas_rows_by_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("ragas")
+    pytest.importorskip("tiered_context.evals.ragas_eval")
+    conv = tmp_path / "mine.jsonl"
+    conv.write_text(json.dumps({
+        "id": "c1", "speakers": ["Ana", "Bo"],
+        "turns": [{"id": "t1", "speaker": "Ana", "text": "The launch moved to May."},
+                  {"id": "t2", "speaker": "Bo", "text": "Lunch is at noon."}],
+        "questions": [{"question": "When is the launch?", "evidence": ["t1"], "answer": "May"}],
+    }) + "\n")
+    assert main(["eval", "--data-jsonl", str(conv), "--strategies", "bm25", "--budgets", "100",
+                 "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    ragas = {r["category"]: r for r in rows if r["category"].startswith("ragas:")}
+    assert ragas["ragas:non_llm_context_recall"]["recall"] == 1.0
+    assert "RAGAS metrics" in capsys.readouterr().out
+
+
+def _jsonl(tmp_path: Path) -> str:
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"id": "c", "turns": [{"id": "t", "speaker": "A", "text": "hi"}],
+                                "questions": [{"question": "hi?", "evidence": ["t"]}]}) + "\n")
+    return str(path)
+
+
 @pytest.mark.parametrize(
     ("argv", "flag"),
     [
         (["eval", "--data-locomo", "/no/such/locomo.json"], "--data-locomo"),
         (["eval", "--data-qmsum", "/no/such/dir"], "--data-qmsum"),
         (["eval"], "--data-locomo"),
+        (["eval", "--data-jsonl", "JSONL", "--strategies", "bm25,nope"], "unknown nope"),
+        (["eval", "--data-jsonl", "JSONL", "--strategies", "llmlingua"], "--llmlingua-model PATH"),
+        (["eval", "--data-jsonl", "JSONL", "--judge", "no_colon"], "--judge takes MODULE:ATTR"),
+        (["eval", "--data-jsonl", "JSONL", "--judge", "no_such_module_x:llm"], "--judge no_such_module_x:llm"),
+        (["eval", "--data-jsonl", "JSONL", "--judge", "json:loads", "--no-ragas"], "drop --no-ragas"),
+        (["eval", "--data-jsonl", "JSONL", "--budgets", "0"], "--budgets"),
     ],
 )
-def test_cli_errors_name_the_flag(argv: list[str], flag: str,
+def test_cli_errors_name_the_flag(argv: list[str], flag: str, tmp_path: Path,
                                   capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [_jsonl(tmp_path) if a == "JSONL" else a for a in argv]
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
@@ -203,3 +236,47 @@ def test_cli_runs_as_a_module() -> None:
     done = subprocess.run([sys.executable, "-m", "tiered_context.cli", "eval", "--help"],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and "--data-qmsum" in done.stdout
+
+
+def test_on_assembly_sees_every_assembly(locomo_slice: Conversation) -> None:
+    seen: list[Assembly] = []
+    also: list[Assembly] = []
+    conv = replace(locomo_slice, questions=locomo_slice.questions[:6])
+    rows = run_eval({"locomo": [conv]}, ["recency", "bm25"], [200, 1000], progress=False,
+                    on_assembly=fan_out(seen.append, None, also.append))
+    assert seen == also and len(seen) == 2 * 2 * len(conv.questions)
+    keys = {(a.question_id, a.strategy, a.budget) for a in seen}
+    assert len(keys) == len(seen)
+    texts = {t.id: t.text for t in conv.turns}
+    for a in seen:
+        assert a.dataset == "locomo" and a.conversation_id == conv.id
+        assert a.tokens == counter().count(a.context) <= a.budget
+        assert isinstance(a.covered, frozenset) and a.report is None
+        assert a.evidence_texts == tuple(texts[e] for e in a.evidence)
+        assert a.recall == len(a.covered & set(a.evidence)) / len(a.evidence)
+        assert a.latency_ms >= 0
+    for r in rows:
+        assert 0 <= r["latency_p50_ms"] <= r["latency_p95_ms"]
+    assert fan_out(None) is None and fan_out(seen.append) == seen.append
+
+
+def test_tiered_assemblies_carry_the_report() -> None:
+    pytest.importorskip("tiered_context").TieredContext  # noqa: B018
+    seen: list[Assembly] = []
+    run_eval({"t": [_tiny()]}, ["tiered"], [100], progress=False, on_assembly=seen.append)
+    (a,) = seen
+    assert a.report is not None and set(a.report) == {
+        "tokens_per_tier", "candidates", "dropped", "compression_ratio", "seconds"}
+    assert sum(a.report["tokens_per_tier"].values()) <= 100
+
+
+def test_all_means_every_llm_free_strategy() -> None:
+    assert "llmlingua" in STRATEGIES and "llmlingua" not in llm_free()
+    assert {"recency", "bm25", "tiered", "langchain_trim_messages", "llama_index_chat_memory_buffer",
+            "llama_index_memory", "tiered:no-compress", "tiered:summaries"} <= set(llm_free())
+
+
+def test_mcp_subcommand_is_listed(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "mcp" in capsys.readouterr().out
