@@ -34,11 +34,13 @@ turns) and ``target_ratio`` the one asked for.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import string
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,65 +151,110 @@ def run_eval(
     budgets: Sequence[int],
     progress: bool = True,
     on_assembly: Callable[[Assembly], None] | None = None,
+    jobs: int = 1,
 ) -> list[dict[str, Any]]:
     """Score every strategy at every budget on every dataset; one row per category.
 
     `strategies` maps a row name to a factory of fresh strategies (or is a list of names
     from `STRATEGIES`). `on_assembly`, if given, receives one `Assembly` per (question,
     strategy, budget). Raises `BudgetViolation` if any context exceeds its budget.
+
+    `jobs` > 1 runs the (dataset, strategy) pairs in that many forked worker processes
+    (POSIX only); rows come back in the same order as with one job, and `on_assembly` is
+    still called in this process, once a pair has finished. Each pair's timing is its own
+    process's, so the `seconds` and latency columns stay comparable across strategies
+    only while the workers do not outnumber the cores.
     """
     if not isinstance(strategies, Mapping):
         strategies = {name: STRATEGIES[name] for name in strategies}
+    pairs = [(dataset, name) for dataset in conversations_by_dataset for name in strategies]
     total = sum(len(c.questions) for convs in conversations_by_dataset.values() for c in convs)
     bar = tqdm(total=total * len(strategies) * len(budgets), disable=not progress,
                unit="q", dynamic_ncols=True, leave=False)  # tqdm writes to stderr
     counter()  # load the tokenizer now, so no strategy's seconds pay for it
-    rows: list[dict[str, Any]] = []
+    collect = on_assembly is not None
+    results: dict[tuple[str, str], tuple[list[dict[str, Any]], list[Assembly]]] = {}
     try:
-        for dataset, conversations in conversations_by_dataset.items():
-            for name, factory in strategies.items():
+        if jobs <= 1 or len(pairs) <= 1:
+            for dataset, name in pairs:
                 bar.set_description(f"{dataset}/{name}")
-                # per budget: category -> [(recall, tokens, latency ms)], and seconds spent
-                scores: dict[int, dict[str, list[tuple[float, int, float]]]] = {
-                    b: defaultdict(list) for b in budgets}
-                seconds = dict.fromkeys(budgets, 0.0)
-                ratios: dict[int, dict[str, list[float]]] = {b: defaultdict(list) for b in budgets}
-                strategy = None
-                for conv in conversations:
-                    strategy = factory()
-                    start = time.perf_counter()
-                    strategy.ingest(conv)
-                    ingest = time.perf_counter() - start
-                    texts = {t.id: t.text for t in conv.turns} if on_assembly is not None else {}
-                    for budget in budgets:
-                        seconds[budget] += ingest / len(budgets)
-                        for question in conv.questions:
-                            start = time.perf_counter()
-                            packed = strategy.context(question, budget)
-                            elapsed = time.perf_counter() - start
-                            seconds[budget] += elapsed
-                            tokens = _check_budget(strategy, packed.text, packed.tokens, budget)
-                            evidence = set(question.evidence)
-                            recall = len(packed.covered & evidence) / len(evidence)
-                            scores[budget][question.category].append((recall, tokens, elapsed * 1000))
-                            if on_assembly is not None:
-                                on_assembly(_assembly(dataset, conv.id, name, budget, question, packed,
-                                                      tokens, recall, elapsed, texts))
-                            if packed.compression_ratio is not None:
-                                ratios[budget][question.category].append(packed.compression_ratio)
-                            bar.update()
-                for budget in budgets:
-                    rows.extend(_aggregate(dataset, name, budget, scores[budget],
-                                           seconds[budget], ratios[budget]))
-                compressor = getattr(strategy, "compressor", None) if conversations else None
-                if compressor is not None:
-                    for ratio in SURVIVAL_RATIOS:
-                        row = answer_survival(conversations, compressor, ratio)
-                        if row is not None:
-                            rows.append({"dataset": dataset, "strategy": name, **row})
+                results[dataset, name] = _run_pair(dataset, conversations_by_dataset[dataset], name,
+                                                   strategies[name], budgets, on_assembly, bar.update)
+        else:
+            global _JOB  # forked workers inherit it: factories need not be picklable
+            _JOB = (conversations_by_dataset, strategies, budgets, collect)
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+                futures = {pool.submit(_run_pair_in_worker, pair): pair for pair in pairs}
+                for future in as_completed(futures):
+                    dataset, name = futures[future]
+                    rows, assemblies = future.result()
+                    for assembly in assemblies:
+                        on_assembly(assembly)  # type: ignore[misc]
+                    results[dataset, name] = (rows, [])
+                    bar.set_description(f"{dataset}/{name} done")
+                    bar.update(len([q for c in conversations_by_dataset[dataset] for q in c.questions]) * len(budgets))
+            _JOB = None
     finally:
         bar.close()
-    return rows
+    return [row for pair in pairs for row in results[pair][0]]
+
+
+_JOB: tuple[Any, ...] | None = None
+
+
+def _run_pair_in_worker(pair: tuple[str, str]) -> tuple[list[dict[str, Any]], list[Assembly]]:
+    conversations_by_dataset, strategies, budgets, collect = _JOB  # type: ignore[misc]
+    dataset, name = pair
+    assemblies: list[Assembly] = []
+    rows, _ = _run_pair(dataset, conversations_by_dataset[dataset], name, strategies[name], budgets,
+                        assemblies.append if collect else None, lambda n=1: None)
+    return rows, assemblies
+
+
+def _run_pair(dataset: str, conversations: Sequence[Conversation], name: str,
+              factory: Callable[[], Strategy], budgets: Sequence[int],
+              on_assembly: Callable[[Assembly], None] | None,
+              tick: Callable[..., Any]) -> tuple[list[dict[str, Any]], list[Assembly]]:
+    """The rows of one (dataset, strategy): every budget, then answer survival."""
+    # per budget: category -> [(recall, tokens, latency ms)], and seconds spent
+    scores: dict[int, dict[str, list[tuple[float, int, float]]]] = {b: defaultdict(list) for b in budgets}
+    seconds = dict.fromkeys(budgets, 0.0)
+    ratios: dict[int, dict[str, list[float]]] = {b: defaultdict(list) for b in budgets}
+    strategy = None
+    for conv in conversations:
+        strategy = factory()
+        start = time.perf_counter()
+        strategy.ingest(conv)
+        ingest = time.perf_counter() - start
+        texts = {t.id: t.text for t in conv.turns} if on_assembly is not None else {}
+        for budget in budgets:
+            seconds[budget] += ingest / len(budgets)
+            for question in conv.questions:
+                start = time.perf_counter()
+                packed = strategy.context(question, budget)
+                elapsed = time.perf_counter() - start
+                seconds[budget] += elapsed
+                tokens = _check_budget(strategy, packed.text, packed.tokens, budget)
+                evidence = set(question.evidence)
+                recall = len(packed.covered & evidence) / len(evidence)
+                scores[budget][question.category].append((recall, tokens, elapsed * 1000))
+                if on_assembly is not None:
+                    on_assembly(_assembly(dataset, conv.id, name, budget, question, packed,
+                                          tokens, recall, elapsed, texts))
+                if packed.compression_ratio is not None:
+                    ratios[budget][question.category].append(packed.compression_ratio)
+                tick()
+    rows: list[dict[str, Any]] = []
+    for budget in budgets:
+        rows.extend(_aggregate(dataset, name, budget, scores[budget], seconds[budget], ratios[budget]))
+    compressor = getattr(strategy, "compressor", None) if conversations else None
+    if compressor is not None:
+        for ratio in SURVIVAL_RATIOS:
+            row = answer_survival(conversations, compressor, ratio)
+            if row is not None:
+                rows.append({"dataset": dataset, "strategy": name, **row})
+    return rows, []
 
 
 def _assembly(dataset: str, conversation_id: str, strategy: str, budget: int, question: Question,

@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="only the first N conversations of each data set")
     ev.add_argument("--limit-questions", type=int, metavar="N",
                     help="only the first N questions of each conversation")
+    ev.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="run strategies in N worker processes (default 1; at most your core count "
+                         "keeps the latency columns honest)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     ev.set_defaults(subparser=ev)  # usage errors then show the `eval` usage
     be = sub.add_parser("bench", help="ingest rate and assembly latency",
@@ -213,6 +216,8 @@ def _eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parser.error(f"{flag} {path}: not found or not {what}; fix the path given to {flag}")
     if any(b <= 0 for b in args.budgets):
         parser.error("--budgets must be positive token counts, e.g. --budgets 500,1000")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     factories = _factories(args, parser)
     report = _optional("tiered_context.evals.report", "evals", "--report", parser) if args.report else None
 
@@ -224,7 +229,7 @@ def _eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     with contextlib.ExitStack() as stack:
         collector, observer = _observers(args, parser, stack)
         rows = run_eval(data, factories, args.budgets, progress=not args.no_progress,
-                        on_assembly=fan_out(collector, observer))
+                        on_assembly=fan_out(collector, observer), jobs=args.jobs)
         if collector is not None:
             rows += collector.rows()
         if observer is not None:

@@ -280,3 +280,16 @@ def test_mcp_subcommand_is_listed(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "mcp" in capsys.readouterr().out
+
+
+def test_jobs_give_the_same_rows_and_assemblies(locomo_slice: Conversation) -> None:
+    conv = replace(locomo_slice, questions=locomo_slice.questions[:6])
+    timing = {"seconds", "latency_p50_ms", "latency_p95_ms"}
+    runs = []
+    for jobs in (1, 2):
+        seen: list[Assembly] = []
+        rows = run_eval({"locomo": [conv]}, ["recency", "bm25", "tiered"], [300, 1000], progress=False,
+                        on_assembly=seen.append, jobs=jobs)
+        runs.append(([{k: v for k, v in r.items() if k not in timing} for r in rows],
+                     sorted((a.strategy, a.budget, a.question_id, a.context) for a in seen)))
+    assert runs[0] == runs[1]
