@@ -84,12 +84,17 @@ def _parser() -> argparse.ArgumentParser:
                          "keeps the latency columns honest)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     ev.set_defaults(subparser=ev)  # usage errors then show the `eval` usage
-    be = sub.add_parser("bench", help="ingest rate and assembly latency",
+    be = sub.add_parser("bench", help="ingest, assembly latency and compression throughput, beside LangChain / LlamaIndex",
                         description="Speed benchmarks on real conversation text (evals/bench_speed.py).")
     be.add_argument("--data-locomo", type=Path, metavar="PATH", required=True, help="LoCoMo JSON file")
     be.add_argument("--data-qmsum", type=Path, metavar="DIR", help="QMSum split directory (more text for big N)")
     be.add_argument("--items", type=_csv(int, "--items"), default=[1000, 10000],
                     help="store sizes for the assembly latency (default: 1000,10000)")
+    be.add_argument("--no-frameworks", action="store_true",
+                    help="leave out the LangChain / LlamaIndex rows beside tiered-context")
+    be.add_argument("--no-compress", action="store_true", help="leave out the compression throughput rows")
+    be.add_argument("--llmlingua", metavar="MODEL",
+                    help="local LLMLingua model (path or cached name): its throughput beside ours")
     be.add_argument("--out", type=Path, default=Path("out/bench"), help="output directory")
     be.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     be.set_defaults(subparser=be)
@@ -109,7 +114,10 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.data_qmsum is not None and not args.data_qmsum.is_dir():
         parser.error(f"--data-qmsum {args.data_qmsum}: not a directory; fix the path given to --data-qmsum")
     extra = datasets.load_qmsum(args.data_qmsum) if args.data_qmsum else []
-    rows = run_bench(datasets.load_locomo(args.data_locomo), extra, sizes=args.items, progress=not args.no_progress)
+    rows = run_bench(datasets.load_locomo(args.data_locomo), extra, sizes=args.items, progress=not args.no_progress,
+                     frameworks=not args.no_frameworks,
+                     locomo_path=None if args.no_compress else args.data_locomo,
+                     qmsum_path=None if args.no_compress else args.data_qmsum, llmlingua=args.llmlingua)
     json_path, md_path = write_bench(rows, args.out)
     print(md_path.read_text(encoding="utf-8"))
     print(f"wrote {json_path}\nwrote {md_path}")
