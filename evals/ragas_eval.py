@@ -39,6 +39,7 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
+import multiprocessing
 import os
 import random
 import time
@@ -218,49 +219,68 @@ class RagasCollector:
     async def arows(self) -> list[dict[str, Any]]:
         """Score every kept sample; one row per (dataset, strategy, budget, metric)."""
         metrics = self._metrics()
+        return [row for key in self._kept for row in await self._group(key, metrics)]
+
+    async def _group(self, key: tuple[str, str, int], metrics: list[tuple[str, Any, Callable[[Any], bool]]]
+                     ) -> list[dict[str, Any]]:
+        """The rows of one (dataset, strategy, budget) group."""
+        dataset, strategy, budget = key
+        kept = self._kept[key]
         rows: list[dict[str, Any]] = []
-        for (dataset, strategy, budget), kept in self._kept.items():
-            samples = [k.sample for k in kept]
-            if self.judge is not None:
-                samples = [await self._answer(s) if s.reference else s for s in samples]
-            for name, metric, applies in metrics:
-                picked = [(s, k) for s, k in zip(samples, kept) if applies(s)]
-                if not picked:
-                    continue
-                start = time.perf_counter()
-                scores, errors = [], 0
-                for s, _ in picked:
-                    # string presence reads the context as the "response"
-                    scored = s.model_copy(update={"response": "\n".join(s.retrieved_contexts)}) \
-                        if name == "string_present" else s
-                    try:
-                        scores.append(float(await metric.single_turn_ascore(scored)))
-                    except Exception:
-                        if name not in _JUDGED:
-                            raise  # the LLM-free metrics do not fail on good input: a bug
-                        errors += 1  # a judge's unparsable output costs one sample, not the run
-                        log.warning("RAGAS %s failed on %r", name, s.user_input, exc_info=True)
-                seconds = time.perf_counter() - start
-                values = [v for v in scores if not np.isnan(v)]
-                if not values:
-                    log.warning("RAGAS %s scored no sample of %s/%s/%s (%d judge errors): no row",
-                                name, dataset, strategy, budget, errors)
-                    continue
-                low, high = bootstrap_ci(values)
-                p50, p95 = np.percentile([k.latency_ms for _, k in picked], [50, 95])
-                rows.append({
-                    "dataset": dataset, "strategy": strategy, "budget": budget,
-                    "category": f"ragas:{name}", "recall": round(float(np.mean(values)), 4),
-                    "ci_low": round(low, 4), "ci_high": round(high, 4), "questions": len(values),
-                    "mean_tokens": round(float(np.mean([k.tokens for _, k in picked])), 1),
-                    "seconds": round(seconds, 3), "latency_p50_ms": round(float(p50), 3),
-                    "latency_p95_ms": round(float(p95), 3), "sampled_from": self._seen[(dataset, strategy, budget)],
-                    **({"judge_errors": errors} if errors else {}),
-                })
+        samples = [k.sample for k in kept]
+        if self.judge is not None:
+            samples = [await self._answer(s) if s.reference else s for s in samples]
+        for name, metric, applies in metrics:
+            picked = [(s, k) for s, k in zip(samples, kept) if applies(s)]
+            if not picked:
+                continue
+            start = time.perf_counter()
+            scores, errors = [], 0
+            for s, _ in picked:
+                # string presence reads the context as the "response"
+                scored = s.model_copy(update={"response": "\n".join(s.retrieved_contexts)}) \
+                    if name == "string_present" else s
+                try:
+                    scores.append(float(await metric.single_turn_ascore(scored)))
+                except Exception:
+                    if name not in _JUDGED:
+                        raise  # the LLM-free metrics do not fail on good input: a bug
+                    errors += 1  # a judge's unparsable output costs one sample, not the run
+                    log.warning("RAGAS %s failed on %r", name, s.user_input, exc_info=True)
+            seconds = time.perf_counter() - start
+            values = [v for v in scores if not np.isnan(v)]
+            if not values:
+                log.warning("RAGAS %s scored no sample of %s/%s/%s (%d judge errors): no row",
+                            name, dataset, strategy, budget, errors)
+                continue
+            low, high = bootstrap_ci(values)
+            p50, p95 = np.percentile([k.latency_ms for _, k in picked], [50, 95])
+            rows.append({
+                "dataset": dataset, "strategy": strategy, "budget": budget,
+                "category": f"ragas:{name}", "recall": round(float(np.mean(values)), 4),
+                "ci_low": round(low, 4), "ci_high": round(high, 4), "questions": len(values),
+                "mean_tokens": round(float(np.mean([k.tokens for _, k in picked])), 1),
+                "seconds": round(seconds, 3), "latency_p50_ms": round(float(p50), 3),
+                "latency_p95_ms": round(float(p95), 3), "sampled_from": self._seen[(dataset, strategy, budget)],
+                **({"judge_errors": errors} if errors else {}),
+            })
         return rows
 
-    def rows(self) -> list[dict[str, Any]]:
-        """`arows` from sync code (in a worker thread when an event loop is running)."""
+    def rows(self, jobs: int = 1) -> list[dict[str, Any]]:
+        """`arows` from sync code (in a worker thread when an event loop is running).
+
+        `jobs` > 1 scores the groups in that many forked processes (LLM-free metrics
+        only: a judge stays in this process); the rows are the same, in the same order.
+        """
+        if jobs > 1 and self.judge is None and len(self._kept) > 1:
+            global _FORKED
+            _FORKED = self
+            try:
+                context = multiprocessing.get_context("fork")
+                with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+                    return [row for rows in pool.map(_group_in_worker, list(self._kept)) for row in rows]
+            finally:
+                _FORKED = None
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -277,3 +297,12 @@ class RagasCollector:
 
     def __repr__(self) -> str:
         return f"RagasCollector({len(self)} samples kept of {sum(self._seen.values())}, judge={self.judge is not None})"
+
+
+_FORKED: RagasCollector | None = None  # the collector a forked worker scores from
+
+
+def _group_in_worker(key: tuple[str, str, int]) -> list[dict[str, Any]]:
+    collector = _FORKED
+    assert collector is not None
+    return asyncio.run(collector._group(key, collector._metrics()))

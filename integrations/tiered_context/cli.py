@@ -239,7 +239,7 @@ def _eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         rows = run_eval(data, factories, args.budgets, progress=not args.no_progress,
                         on_assembly=fan_out(collector, observer), jobs=args.jobs)
         if collector is not None:
-            rows += collector.rows()
+            rows += collector.rows(jobs=args.jobs)
         if observer is not None:
             observer.log_results(rows)
             print(f"Phoenix: {getattr(observer, 'url', args.phoenix)}")

@@ -77,6 +77,15 @@ def test_non_llm_metrics_score_what_the_context_holds():
     assert got[(*hit, "ragas:non_llm_context_recall")]["sampled_from"] == 1  # the no-evidence one was skipped
 
 
+def test_jobs_score_the_groups_in_workers_with_the_same_rows():
+    collector = RagasCollector()
+    collector(assembly())
+    collector(assembly(strategy="recency", context=OTHER, recall=0.0, covered=frozenset()))
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert strip(collector.rows(jobs=2)) == strip(collector.rows())
+
+
 def test_real_strategies_on_locomo(shared_data):
     conv = limit(load_locomo(shared_data / "locomo" / "locomo_dev5.json"), conversations_max=1, questions_max=12)[0]
     turns = {t.id: t for t in conv.turns}
