@@ -407,7 +407,10 @@ def _ragas_table(dataset: str, rows: Sequence[Mapping[str, Any]]) -> list[str]:
     cells: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
     for r in rows:
         cells[(r["strategy"], r["budget"])][str(r["category"])[len(RAGAS_PREFIX):]] = r["recall"]
-    out = [f"### {dataset}: RAGAS metrics (mean over questions)", "",
+    scored = max((int(r.get("questions", 0)) for r in rows), default=0)
+    sampled = any(int(r.get("sampled_from", 0)) > int(r.get("questions", 0)) for r in rows)
+    over = f"mean over a seeded sample of <= {scored} assemblies per row" if sampled else "mean over questions"
+    out = [f"### {dataset}: RAGAS metrics ({over})", "",
            "| strategy | budget | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 2)]
     for (strategy, budget), values in cells.items():
         line = [strategy, str(budget)] + [f"{values[m]:.3f}" if m in values else "" for m in metrics]
