@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -73,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--judge", metavar="MODULE:ATTR",
                     help="a LangChain chat model or LlamaIndex LLM to import, for the "
                          "LLM-judged RAGAS metrics")
-    ev.add_argument("--no-ragas", action="store_true", help="skip the RAGAS metrics")
+    ev.add_argument("--no-ragas", action="store_true", help="skip the RAGAS metrics (skipped anyway, with a note, when ragas is not installed)")
     ev.add_argument("--out", type=Path, default=Path("out/eval"), help="output directory")
     ev.add_argument("--limit-conversations", type=int, metavar="N",
                     help="only the first N conversations of each data set")
@@ -193,9 +194,12 @@ def _observers(args: argparse.Namespace, parser: argparse.ArgumentParser,
                stack: contextlib.ExitStack) -> tuple[Any, Any]:
     """(RAGAS collector or None, Phoenix observer or None) for this run."""
     collector = observer = None
-    if not args.no_ragas:
+    if not args.no_ragas and not args.judge and importlib.util.find_spec("ragas") is None:
+        print('RAGAS metrics skipped: ragas is not installed (pip install "tiered-context[evals]")',
+              file=sys.stderr)
+    elif not args.no_ragas:
         ragas = _optional("tiered_context.evals.ragas_eval", "evals", "RAGAS (on by default; "
-                          "--no-ragas skips it)", parser)
+                          "--no-ragas skips it; without the evals extra it is skipped)", parser)
         judge = _import_object(args.judge, "--judge", parser) if args.judge else None
         collector = ragas.RagasCollector(judge=judge)
     elif args.judge:

@@ -202,6 +202,19 @@ def test_cli_adds_ragas_rows_by_default(tmp_path: Path, capsys: pytest.CaptureFi
     assert "RAGAS metrics" in capsys.readouterr().out
 
 
+def test_cli_without_ragas_skips_it_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ragas" else find_spec(name, *a))
+    assert main(["eval", "--data-jsonl", _jsonl(tmp_path), "--strategies", "bm25", "--budgets", "100",
+                 "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert rows and not any(r["category"].startswith("ragas:") for r in rows)
+    assert 'pip install "tiered-context[evals]"' in capsys.readouterr().err
+
+
 def _jsonl(tmp_path: Path) -> str:
     path = tmp_path / "c.jsonl"
     path.write_text(json.dumps({"id": "c", "turns": [{"id": "t", "speaker": "A", "text": "hi"}],
