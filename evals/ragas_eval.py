@@ -181,12 +181,15 @@ class RagasCollector:
             return
         key = (assembly.dataset, assembly.strategy, int(assembly.budget))
         self._seen[key] += 1
-        kept = _Kept(sample_of(assembly), int(assembly.tokens), float(assembly.latency_ms))
         bucket, seen = self._kept[key], self._seen[key]
         if self.sample is None or len(bucket) < self.sample:
-            bucket.append(kept)
+            bucket.append(self._keep(assembly))
         elif (slot := self._rng.randrange(seen)) < self.sample:
-            bucket[slot] = kept
+            bucket[slot] = self._keep(assembly)  # built only when kept: most are not
+
+    @staticmethod
+    def _keep(assembly: Any) -> _Kept:
+        return _Kept(sample_of(assembly), int(assembly.tokens), float(assembly.latency_ms))
 
     def _metrics(self) -> list[tuple[str, Any, Callable[[Any], bool]]]:
         """(row name, metric, which samples it applies to)."""

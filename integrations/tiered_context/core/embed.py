@@ -21,9 +21,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from tiered_context.errors import missing_extra
+from tiered_context.errors import ConfigError, missing_extra
 
-__all__ = ["Embedder", "WordLlamaEmbedder", "MiniLMEmbedder", "normalize"]
+__all__ = ["Embedder", "WordLlamaEmbedder", "MiniLMEmbedder", "WrappedEmbedder", "normalize"]
 
 
 @runtime_checkable
@@ -44,6 +44,42 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
         v = v[None, :]
     norms = np.linalg.norm(v, axis=1, keepdims=True)
     return v / np.where(norms == 0, 1, norms)
+
+
+class WrappedEmbedder:
+    """Base of the adapters that present a framework's embedding model as an `Embedder`.
+
+    Subclasses give `_probe` (one embedding, to learn the width) and `_source` (the
+    wrapped model, for error messages) and pass the model's rows through `_array`, which
+    checks them into an (n, dim) float32 matrix and learns `dim` from the first batch.
+    """
+
+    def __init__(self, dim: int | None = None) -> None:
+        self._dim = dim
+
+    def _probe(self) -> Sequence[float]:
+        raise NotImplementedError
+
+    @property
+    def _source(self) -> object:
+        raise NotImplementedError
+
+    @property
+    def dim(self) -> int:
+        """The vector width: given, learned from a batch, or measured with one probe call."""
+        if self._dim is None:
+            self._dim = len(self._probe())
+        return self._dim
+
+    def _array(self, rows: Sequence[Sequence[float]], n: int) -> np.ndarray:
+        if n == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = np.asarray(rows, dtype=np.float32)
+        if out.ndim != 2 or out.shape[0] != n:
+            raise ConfigError(f"{type(self._source).__name__} returned {out.shape} vectors for {n} texts")
+        if self._dim is None:
+            self._dim = int(out.shape[1])
+        return out
 
 
 class _ThreadedAsync:

@@ -13,8 +13,7 @@ agent = create_agent(model, tools, middleware=[TieredContextMiddleware(max_token
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from tiered_context._lazy import lazy_exports
 
 #: public name -> the module that defines it. Modules load on first use, so importing
 #: this package needs only langchain-core, not every other extra.
@@ -34,17 +33,4 @@ _EXPORTS = {
     "budgeted_history": "history",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -27,12 +27,12 @@ try:
 except ImportError as exc:  # pragma: no cover
     raise missing_extra("langchain-core", "langchain") from exc
 
-from tiered_context.core.embed import Embedder, WordLlamaEmbedder
+from tiered_context.core.embed import Embedder, WordLlamaEmbedder, WrappedEmbedder
 
 __all__ = ["LangChainEmbedder", "TieredEmbeddings", "as_embedder"]
 
 
-class LangChainEmbedder:
+class LangChainEmbedder(WrappedEmbedder):
     """The core `Embedder` protocol over any LangChain `Embeddings`.
 
     Setup::
@@ -48,24 +48,15 @@ class LangChainEmbedder:
     def __init__(self, embeddings: Embeddings, *, dim: int | None = None) -> None:
         if not hasattr(embeddings, "embed_documents"):
             raise ConfigError(f"expected a LangChain Embeddings, got {type(embeddings).__name__}")
+        super().__init__(dim)
         self.embeddings = embeddings
-        self._dim = dim
 
     @property
-    def dim(self) -> int:
-        if self._dim is None:
-            self._dim = len(self.embeddings.embed_query("dimension probe"))
-        return self._dim
+    def _source(self) -> object:
+        return self.embeddings
 
-    def _array(self, rows: list[list[float]], n: int) -> np.ndarray:
-        if n == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        out = np.asarray(rows, dtype=np.float32)
-        if out.ndim != 2 or out.shape[0] != n:
-            raise ConfigError(f"{type(self.embeddings).__name__} returned {out.shape} vectors for {n} texts")
-        if self._dim is None:
-            self._dim = int(out.shape[1])
-        return out
+    def _probe(self) -> list[float]:
+        return self.embeddings.embed_query("dimension probe")
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)

@@ -12,8 +12,7 @@ agent.run("...", memory=memory)  # FunctionAgent, AgentWorkflow, chat engines
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from tiered_context._lazy import lazy_exports
 
 #: public name -> the module that defines it. Modules load on first use, so importing
 #: this package needs only llama-index-core, not every other extra.
@@ -37,17 +36,4 @@ _EXPORTS = {
     "WorkflowScopes": "workflow",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -16,12 +16,12 @@ try:
 except ImportError as exc:  # pragma: no cover
     raise missing_extra("llama-index-core", "llama-index") from exc
 
-from tiered_context.core.embed import Embedder
+from tiered_context.core.embed import Embedder, WrappedEmbedder
 
 __all__ = ["LlamaIndexEmbedder", "TieredEmbedding"]
 
 
-class LlamaIndexEmbedder:
+class LlamaIndexEmbedder(WrappedEmbedder):
     """Any LlamaIndex embedding model as the core's `Embedder`.
 
     Setup and use::
@@ -39,22 +39,15 @@ class LlamaIndexEmbedder:
     def __init__(self, embed_model: BaseEmbedding, *, dim: Optional[int] = None) -> None:
         if not isinstance(embed_model, BaseEmbedding):
             raise ConfigError(f"expected a llama_index BaseEmbedding, got {type(embed_model).__name__}")
+        super().__init__(dim)
         self.embed_model = embed_model
-        self._dim = dim
 
     @property
-    def dim(self) -> int:
-        if self._dim is None:
-            self._dim = len(self.embed_model.get_text_embedding("dimension probe"))
-        return self._dim
+    def _source(self) -> object:
+        return self.embed_model
 
-    def _array(self, rows: List[List[float]], n: int) -> np.ndarray:
-        if n == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        out = np.asarray(rows, dtype=np.float32)
-        if self._dim is None:
-            self._dim = out.shape[1]
-        return out
+    def _probe(self) -> List[float]:
+        return self.embed_model.get_text_embedding("dimension probe")
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
