@@ -50,11 +50,11 @@ from tqdm import tqdm
 
 from tiered_context.core.lexical import terms
 from tiered_context.core.items import ContextItem
-from tiered_context.evals.datasets import Conversation, Question, category_label
+from tiered_context.evals.datasets import Conversation, Question, Turn, category_label
 from tiered_context.evals.strategies import STRATEGIES, Strategy, counter
 
 __all__ = ["Assembly", "BudgetViolation", "ROW_KEYS", "SURVIVAL_RATIOS", "answer_survival",
-           "bootstrap_ci", "fan_out", "render_markdown", "run_eval", "write_reports"]
+           "bootstrap_ci", "fan_out", "render_markdown", "run_eval", "survival_cases", "write_reports"]
 
 #: Kept share of tokens for the answer-survival rows: 2x and 3x compression.
 SURVIVAL_RATIOS = (0.5, 1 / 3)
@@ -286,11 +286,10 @@ def _in_order(needle: list[str], hay: list[str]) -> bool:
     return all(any(w == h for h in it) for w in needle)
 
 
-def answer_survival(conversations: Sequence[Conversation], compressor: Any,
-                    ratio: float) -> dict[str, Any] | None:
-    """The answer-survival row fields for one compressor at one ratio (None if no
-    question qualifies): see the module docstring."""
-    cases: list[tuple[str, list[Any]]] = []
+def survival_cases(conversations: Sequence[Conversation]) -> list[tuple[Question, list[Turn]]]:
+    """The single-hop questions whose normalised answer is in an evidence turn, with
+    those turns: the cases of the answer-survival rows."""
+    cases = []
     for conv in conversations:
         turns = {t.id: t for t in conv.turns}
         for q in conv.questions:
@@ -299,7 +298,15 @@ def answer_survival(conversations: Sequence[Conversation], compressor: Any,
             wanted = f" {_normalize(q.answer)} "
             hits = [turns[e] for e in q.evidence if e in turns and wanted in f" {_normalize(turns[e].text)} "]
             if hits:
-                cases.append((q.answer, hits))
+                cases.append((q, hits))
+    return cases
+
+
+def answer_survival(conversations: Sequence[Conversation], compressor: Any,
+                    ratio: float) -> dict[str, Any] | None:
+    """The answer-survival row fields for one compressor at one ratio (None if no
+    question qualifies): see the module docstring."""
+    cases = [(q.answer, hits) for q, hits in survival_cases(conversations)]
     if not cases:
         return None
     start = time.perf_counter()

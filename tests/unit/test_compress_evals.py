@@ -66,3 +66,19 @@ def test_strategies_respect_the_budget(name: str) -> None:
     for q in conv.questions:
         packed = strategy.context(q, 80)
         assert counter().count(packed.text) <= 80
+
+
+def test_survival_analysis_breaks_the_cases_down(tmp_path) -> None:
+    from tiered_context.evals.survival_analysis import CLASSES, analyse, render, word_class
+
+    assert word_class("Biscuit", opens_sentence=False) == "protected"
+    assert word_class("awesome!", opens_sentence=False) == "evaluative"
+    assert word_class("the", opens_sentence=True) == "function" and word_class("…", False) == "punctuation"
+    result = analyse([conversation()], examples=2)
+    assert result["cases"] == 4 and set(result["shares"]) == set(CLASSES)
+    assert abs(sum(result["shares"].values()) - 1.0) < 0.01
+    for part in result["ratios"].values():
+        assert sum(n for _, n in part["by_kind"].values()) == 4
+        assert len(part["lost"]) == sum(n - kept for kept, n in part["by_kind"].values()) or len(part["lost"]) == 2
+    assert result["ratios"]["2x"]["by_kind"]["other"][0] >= result["ratios"]["3x"]["by_kind"]["other"][0]
+    assert "| 3x | long |" in render(result)
