@@ -20,15 +20,8 @@ Observers: ``run_eval(..., on_assembly=callback)`` calls ``callback(Assembly(...
 once per (question, strategy, budget), right after the context was built and scored:
 what RAGAS collectors and tracers consume. Combine several with `fan_out`.
 
-Answer survival (strategies with a per-item ``compressor``, data with answers): for
-LoCoMo single-hop questions whose gold answer appears in an evidence turn (compared
-after SQuAD normalisation: lower case, no punctuation, no articles), that turn is
-compressed at 2x and 3x; the row (``category="answer_survival"``, ``budget=0``) gives
-as ``recall`` the fraction whose answer survives: every term of the answer (the BM25
-terms: stop words and punctuation aside, light stemming) is still in the compressed
-turn, in order. ``strict_recall`` asks for the whole normalised answer string,
-``compression_ratio`` is the achieved ratio (original / compressed tokens of those
-turns) and ``target_ratio`` the one asked for.
+Answer survival (strategies with a per-item ``compressor``): rows from
+`tiered_context.evals.survival`, which also explains what they lose.
 """
 
 from __future__ import annotations
@@ -50,18 +43,14 @@ from tqdm import tqdm
 
 from tiered_context.core.lexical import terms
 from tiered_context.core.items import ContextItem
-from tiered_context.evals.datasets import Conversation, Question, Turn, category_label
+from tiered_context.evals.datasets import Conversation, Question, category_label
 from tiered_context.evals.strategies import STRATEGIES, Strategy, counter
 
-__all__ = ["Assembly", "BudgetViolation", "ROW_KEYS", "SURVIVAL_RATIOS", "answer_survival",
-           "bootstrap_ci", "fan_out", "render_markdown", "run_eval", "survival_cases", "write_reports"]
+__all__ = ["Assembly", "BudgetViolation", "ROW_KEYS", "bootstrap_ci", "fan_out", "render_markdown", "run_eval",
+           "write_reports"]
 
-#: Kept share of tokens for the answer-survival rows: 2x and 3x compression.
-SURVIVAL_RATIOS = (0.5, 1 / 3)
 #: Category prefix of the RAGAS metric rows (``"ragas:context_recall"``), tabled apart.
 RAGAS_PREFIX = "ragas:"
-#: The LoCoMo category whose answers are looked for verbatim in the evidence (single-hop).
-SURVIVAL_CATEGORY = "4"
 
 ROW_KEYS = ("dataset", "strategy", "budget", "category", "recall", "ci_low", "ci_high",
             "questions", "mean_tokens", "seconds", "latency_p50_ms", "latency_p95_ms")
@@ -250,6 +239,8 @@ def _run_pair(dataset: str, conversations: Sequence[Conversation], name: str,
         rows.extend(_aggregate(dataset, name, budget, scores[budget], seconds[budget], ratios[budget]))
     compressor = getattr(strategy, "compressor", None) if conversations else None
     if compressor is not None:
+        from tiered_context.evals.survival import SURVIVAL_RATIOS, answer_survival  # it imports this module
+
         for ratio in SURVIVAL_RATIOS:
             row = answer_survival(conversations, compressor, ratio)
             if row is not None:
@@ -269,66 +260,6 @@ def _assembly(dataset: str, conversation_id: str, strategy: str, budget: int, qu
         recall=recall, latency_ms=elapsed * 1000, compression_ratio=packed.compression_ratio,
         report=getattr(packed, "report", None),
     )
-
-
-def _normalize(text: str) -> str:
-    """SQuAD answer normalisation: lower case, punctuation to spaces, no articles."""
-    text = text.lower().replace("’", "'")
-    text = text.translate(_PUNCT_TO_SPACE)
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
-
-
-_PUNCT_TO_SPACE = str.maketrans({c: " " for c in string.punctuation + "‘’“”"})
-
-
-def _in_order(needle: list[str], hay: list[str]) -> bool:
-    it = iter(hay)
-    return all(any(w == h for h in it) for w in needle)
-
-
-def survival_cases(conversations: Sequence[Conversation]) -> list[tuple[Question, list[Turn]]]:
-    """The single-hop questions whose normalised answer is in an evidence turn, with
-    those turns: the cases of the answer-survival rows."""
-    cases = []
-    for conv in conversations:
-        turns = {t.id: t for t in conv.turns}
-        for q in conv.questions:
-            if q.category != SURVIVAL_CATEGORY or not q.answer or not _normalize(q.answer):
-                continue
-            wanted = f" {_normalize(q.answer)} "
-            hits = [turns[e] for e in q.evidence if e in turns and wanted in f" {_normalize(turns[e].text)} "]
-            if hits:
-                cases.append((q, hits))
-    return cases
-
-
-def answer_survival(conversations: Sequence[Conversation], compressor: Any,
-                    ratio: float) -> dict[str, Any] | None:
-    """The answer-survival row fields for one compressor at one ratio (None if no
-    question qualifies): see the module docstring."""
-    cases = [(q.answer, hits) for q, hits in survival_cases(conversations)]
-    if not cases:
-        return None
-    start = time.perf_counter()
-    loose, strict, original, kept = [], [], 0, 0
-    for answer, hits in cases:
-        items = [ContextItem.create(t.text, id=f"survival:{t.id}", timestamp=t.timestamp,
-                                    metadata={"speaker": t.speaker}) for t in hits]
-        items = [i.evolve(tokens=counter().count(i.text)) for i in items]
-        forms = compressor.compress(items, ratio)
-        original += sum(i.tokens for i in items)
-        kept += sum(counter().count(f.text) for f in forms)
-        want_terms, want = terms(answer), f" {_normalize(answer)} "
-        loose.append(float(any(_in_order(want_terms, terms(f.text)) for f in forms)))
-        strict.append(float(any(want in f" {_normalize(f.text)} " for f in forms)))
-    low, high = bootstrap_ci(loose)
-    return {
-        "budget": 0, "category": "answer_survival", "recall": round(float(np.mean(loose)), 4),
-        "ci_low": round(low, 4), "ci_high": round(high, 4), "questions": len(cases),
-        "mean_tokens": round(kept / len(cases), 1), "seconds": round(time.perf_counter() - start, 3),
-        "compression_ratio": round(original / max(kept, 1), 3), "target_ratio": round(1 / ratio, 2),
-        "strict_recall": round(float(np.mean(strict)), 4),
-    }
 
 
 def _aggregate(dataset: str, strategy: str, budget: int,

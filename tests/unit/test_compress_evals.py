@@ -6,7 +6,8 @@ import pytest
 
 from tiered_context import SelfInformationCompressor
 from tiered_context.evals.datasets import Conversation, Question, Turn
-from tiered_context.evals.retention import answer_survival, render_markdown, run_eval
+from tiered_context.evals.retention import render_markdown, run_eval
+from tiered_context.evals.survival import answer_survival
 from tiered_context.evals.strategies import STRATEGIES, counter
 
 FILLER = "Honestly, I think that it was really quite a nice day and we just had a lot of fun together, you know."
@@ -68,8 +69,8 @@ def test_strategies_respect_the_budget(name: str) -> None:
         assert counter().count(packed.text) <= 80
 
 
-def test_survival_analysis_breaks_the_cases_down(tmp_path) -> None:
-    from tiered_context.evals.survival_analysis import CLASSES, analyse, render, word_class
+def test_survival_analysis_breaks_the_cases_down() -> None:
+    from tiered_context.evals.survival import CLASSES, analyse, render, word_class
 
     assert word_class("Biscuit", opens_sentence=False) == "protected"
     assert word_class("awesome!", opens_sentence=False) == "evaluative"
