@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import re
-import string
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -41,8 +39,6 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from tiered_context.core.lexical import terms
-from tiered_context.core.items import ContextItem
 from tiered_context.evals.datasets import Conversation, Question, category_label
 from tiered_context.evals.strategies import STRATEGIES, Strategy, counter
 
