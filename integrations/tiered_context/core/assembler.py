@@ -10,7 +10,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,7 +43,7 @@ class AssemblyReport:
     dropped: int
     compression_ratio: float  # original tokens of the included items / tokens they used
     seconds: float
-    scores: dict[str, dict[str, float]]  # every candidate's ScoreParts, by origin id
+    scores: Mapping[str, dict[str, float]]  # every candidate's ScoreParts and value, by origin id (lazy)
     provenance: dict[str, tuple[str, ...]]  # included item id -> origin ids
     events: tuple[LadderEvent, ...] = ()
     #: included summary id -> its fact check (facts, kept, retention, missing names/numbers/dates)
@@ -429,7 +430,7 @@ class ContextAssembler:
             dropped=len(units) - len(items),
             compression_ratio=round(original_tokens / used, 4) if used else 1.0,
             seconds=round(time.perf_counter() - started, 6),
-            scores={o: {**u.parts.as_dict(), "value": round(u.value, 4)} for o, u in units.items()},
+            scores=_Scores(units),
             provenance={i.id: i.origin_ids for i in items},
             events=events,
             fact_checks={i.id: dict(i.metadata.get("fact_check") or {}) for o, i in zip(picked, items) if units[o].summary},
@@ -437,6 +438,33 @@ class ContextAssembler:
         # coverage: originals present verbatim or as a 1:1 form; a summary covers none of its sources
         origins = tuple(units[o].origin for o, i in zip(picked, items) if len(i.origin_ids) == 1 and not units[o].summary)
         return AssembledContext(text=text, tokens=tokens, items=tuple(items), report=report, origins=origins)
+
+
+class _Scores(Mapping):
+    """`AssemblyReport.scores`: each candidate's parts as a dict, made when first read
+    (most callers read a few; building all of them was a fifth of an assembly)."""
+
+    __slots__ = ("_units", "_made")
+
+    def __init__(self, units: Mapping[str, Any]) -> None:
+        self._units = units
+        self._made: dict[str, dict[str, float]] = {}
+
+    def __getitem__(self, origin: str) -> dict[str, float]:
+        made = self._made.get(origin)
+        if made is None:
+            unit = self._units[origin]
+            made = self._made[origin] = {**unit.parts.as_dict(), "value": round(unit.value, 4)}
+        return made
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._units)
+
+    def __len__(self) -> int:
+        return len(self._units)
+
+    def __repr__(self) -> str:
+        return f"<scores of {len(self._units)} candidates>"
 
 
 _ZERO = ScoreParts(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)

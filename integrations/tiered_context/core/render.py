@@ -7,6 +7,7 @@ truth for token costs, so what the packer paid for is what the model receives.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
@@ -24,9 +25,12 @@ def line(item: ContextItem) -> str:
 
 
 def day_of(item: ContextItem) -> str | None:
-    if item.timestamp < _REAL_DATES_FROM:
-        return None
-    return datetime.fromtimestamp(item.timestamp, tz=timezone.utc).strftime("%Y-%m-%d")
+    return None if item.timestamp < _REAL_DATES_FROM else _day(item.timestamp)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _day(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%d")
 
 
 def header(day: str) -> str:
