@@ -19,7 +19,9 @@ For the same cases, per ratio: the token shares of the evidence turns by word cl
 evaluative and generic words, then content words by surprisal; protected words never):
 how much room a ratio leaves; survival by kind of answer: *long* (4+ terms),
 *evaluative* (a generic word such as "awesome", "happy", "times" among its terms),
-*other*; and up to ``--examples`` lost answers with their compressed turn. Word classes
+*other*; survival when the compressor is told which sentence holds the answer
+(`SentenceOracle`: the bound of a perfect query-free sentence picker); and up to
+``--examples`` lost answers with their compressed turn. Word classes
 follow the compressor's lexicons (`core.facts`); names are approximated as capitalised
 words that do not open a sentence. ``--json`` writes the numbers.
 """
@@ -39,7 +41,7 @@ import numpy as np
 
 from tiered_context.core.compress import SelfInformationCompressor
 from tiered_context.core.facts import _FILLERS, _FUNCTION, _GENERIC, _GLUE, _HEDGES
-from tiered_context.core.importance import APOSTROPHES, DIGIT, PROTECTED_WORDS, PUNCT
+from tiered_context.core.importance import APOSTROPHES, DIGIT, PROTECTED_WORDS, PUNCT, surprisal_model
 from tiered_context.core.items import ContextItem
 from tiered_context.core.lexical import terms
 from tiered_context.evals.datasets import Conversation, Question, Turn, load_locomo
@@ -151,6 +153,28 @@ def _kind(answer: str) -> str:
     return "evaluative" if any(t in _GENERIC_TERMS for t in wanted) else "other"
 
 
+class SentenceOracle:
+    """A `WordScorer` that knows the answer: unigram bits, plus `bonus` for every word of
+    a sentence holding an answer term. It bounds what picking the right sentence alone
+    would give a query-free compressor (a diagnostic, never a product scorer)."""
+
+    def __init__(self, answer: str, bonus: float = 20.0) -> None:
+        self.wanted = frozenset(terms(answer))
+        self.bonus = bonus
+
+    def word_bits(self, words: Sequence[str]) -> list[float]:
+        model = surprisal_model("en")
+        bits: list[float] = []
+        sentence: list[str] = []
+        for n, word in enumerate(words):
+            sentence.append(word)
+            if word[-1:] in ".!?" or n == len(words) - 1:
+                lift = self.bonus if self.wanted & set(terms(" ".join(sentence))) else 0.0
+                bits += [model(w.strip(PUNCT).lower().translate(APOSTROPHES)) + lift for w in sentence]
+                sentence = []
+        return bits
+
+
 def analyse(conversations: Sequence[Conversation], compressor: Any = None,
             ratios: Sequence[float] = SURVIVAL_RATIOS, examples: int = 0) -> dict[str, Any]:
     """The breakdown (see the module docstring) as a dict: ``shares`` and, per ratio,
@@ -161,7 +185,7 @@ def analyse(conversations: Sequence[Conversation], compressor: Any = None,
     out: dict[str, Any] = {"cases": len(cases), "shares": _shares(texts), "ratios": {}}
     for ratio in ratios:
         by_kind: dict[str, list[int]] = {"long": [0, 0], "evaluative": [0, 0], "other": [0, 0]}
-        lost = []
+        lost, oracle = [], 0
         for q, hits in cases:
             items = [ContextItem.create(t.text, id=t.id).evolve(tokens=counter().count(t.text)) for t in hits]
             forms = compressor.compress(items, ratio)
@@ -171,7 +195,9 @@ def analyse(conversations: Sequence[Conversation], compressor: Any = None,
             tally[1] += 1
             if not kept and len(lost) < examples:
                 lost.append({"answer": q.answer, "compressed": forms[0].text})
-        out["ratios"][f"{1 / ratio:.0f}x"] = {"by_kind": by_kind, "lost": lost}
+            told = SelfInformationCompressor(counter(), scorer=SentenceOracle(q.answer or "")).compress(items, ratio)
+            oracle += any(_in_order(terms(q.answer or ""), terms(f.text)) for f in told)
+        out["ratios"][f"{1 / ratio:.0f}x"] = {"by_kind": by_kind, "lost": lost, "sentence_oracle": oracle}
     return out
 
 
@@ -184,6 +210,8 @@ def render(result: dict[str, Any]) -> str:
     for ratio, part in result["ratios"].items():
         for kind, (kept, n) in part["by_kind"].items():
             lines.append(f"| {ratio} | {kind} | {kept / max(n, 1):.1%} | {n} |")
+        lines.append(f"| {ratio} | all, told which sentence holds the answer | "
+                     f"{part['sentence_oracle'] / max(result['cases'], 1):.1%} | {result['cases']} |")
         for ex in part["lost"]:
             lines.append(f"\n{ratio} lost *{ex['answer']}*: {ex['compressed']}")
     return "\n".join(lines)

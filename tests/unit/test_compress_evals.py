@@ -82,4 +82,5 @@ def test_survival_analysis_breaks_the_cases_down() -> None:
         assert sum(n for _, n in part["by_kind"].values()) == 4
         assert len(part["lost"]) == sum(n - kept for kept, n in part["by_kind"].values()) or len(part["lost"]) == 2
     assert result["ratios"]["2x"]["by_kind"]["other"][0] >= result["ratios"]["3x"]["by_kind"]["other"][0]
-    assert "| 3x | long |" in render(result)
+    assert all(0 <= part["sentence_oracle"] <= 4 for part in result["ratios"].values())
+    assert "| 3x | long |" in render(result) and "told which sentence" in render(result)
