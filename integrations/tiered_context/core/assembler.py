@@ -10,13 +10,13 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from tiered_context.core.budget import LadderEvent
+from tiered_context.core.result import AssembledContext, AssemblyReport, Scores
 from tiered_context.core.compress import Compressor, form_id
 from tiered_context.core.embed import Embedder, normalize
 from tiered_context.core.items import ContextItem, Tier
@@ -30,47 +30,6 @@ __all__ = ["AssembledContext", "AssemblyReport", "ContextAssembler"]
 
 _TRUNCATION_MARKER = " […truncated; the original is archived]"
 log = logging.getLogger("tiered_context")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AssemblyReport:
-    """What an assembly did, in numbers: the part a dashboard or a trace shows."""
-
-    budget: int
-    tokens: int
-    tokens_per_tier: dict[str, int]
-    candidates: int
-    dropped: int
-    compression_ratio: float  # original tokens of the included items / tokens they used
-    seconds: float
-    scores: Mapping[str, dict[str, float]]  # every candidate's ScoreParts and value, by origin id (lazy)
-    provenance: dict[str, tuple[str, ...]]  # included item id -> origin ids
-    events: tuple[LadderEvent, ...] = ()
-    #: included summary id -> its fact check (facts, kept, retention, missing names/numbers/dates)
-    fact_checks: dict[str, dict] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AssembledContext:
-    """The result of `assemble`: `text` to send, the `items` in it, and a `report`.
-
-    >>> out = ctx.assemble("when is the launch?", budget=500)  # doctest: +SKIP
-    >>> out.tokens <= 500, out.items[0].source_ids             # doctest: +SKIP
-    """
-
-    text: str
-    tokens: int
-    items: tuple[ContextItem, ...]
-    report: AssemblyReport
-    origins: tuple[ContextItem, ...] = field(default=())
-
-    def covered(self, key: str) -> set:
-        """`metadata[key]` of each original present verbatim or as a 1:1 compressed form."""
-        return {o.metadata[key] for o in self.origins if key in o.metadata}
-
-    def __repr__(self) -> str:
-        tiers = ", ".join(f"{k}={v}" for k, v in self.report.tokens_per_tier.items() if v)
-        return f"AssembledContext({self.tokens}/{self.report.budget} tokens, {len(self.items)} items; {tiers})"
 
 
 @dataclass(slots=True)
@@ -430,7 +389,7 @@ class ContextAssembler:
             dropped=len(units) - len(items),
             compression_ratio=round(original_tokens / used, 4) if used else 1.0,
             seconds=round(time.perf_counter() - started, 6),
-            scores=_Scores(units),
+            scores=Scores(units),
             provenance={i.id: i.origin_ids for i in items},
             events=events,
             fact_checks={i.id: dict(i.metadata.get("fact_check") or {}) for o, i in zip(picked, items) if units[o].summary},
@@ -438,33 +397,6 @@ class ContextAssembler:
         # coverage: originals present verbatim or as a 1:1 form; a summary covers none of its sources
         origins = tuple(units[o].origin for o, i in zip(picked, items) if len(i.origin_ids) == 1 and not units[o].summary)
         return AssembledContext(text=text, tokens=tokens, items=tuple(items), report=report, origins=origins)
-
-
-class _Scores(Mapping):
-    """`AssemblyReport.scores`: each candidate's parts as a dict, made when first read
-    (most callers read a few; building all of them was a fifth of an assembly)."""
-
-    __slots__ = ("_units", "_made")
-
-    def __init__(self, units: Mapping[str, Any]) -> None:
-        self._units = units
-        self._made: dict[str, dict[str, float]] = {}
-
-    def __getitem__(self, origin: str) -> dict[str, float]:
-        made = self._made.get(origin)
-        if made is None:
-            unit = self._units[origin]
-            made = self._made[origin] = {**unit.parts.as_dict(), "value": round(unit.value, 4)}
-        return made
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._units)
-
-    def __len__(self) -> int:
-        return len(self._units)
-
-    def __repr__(self) -> str:
-        return f"<scores of {len(self._units)} candidates>"
 
 
 _ZERO = ScoreParts(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
