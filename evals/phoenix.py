@@ -146,6 +146,8 @@ class PhoenixObserver:
         self.project = project
         self.provider = provider
         self.tracer = provider.get_tracer("tiered_context.evals")
+        #: spans this observer recorded (what `spans` waits for)
+        self.recorded = 0
 
     def __call__(self, assembly: Any) -> None:
         """Record `assembly` (an `evals.retention.Assembly` or anything with its fields)."""
@@ -158,9 +160,24 @@ class PhoenixObserver:
                    "category": assembly.category, "recall": float(assembly.recall),
                    "evidence": len(assembly.evidence), "covered": len(assembly.covered)},
             name=f"assemble:{assembly.strategy}")
+        self.recorded += 1
 
     def flush(self) -> None:
+        """Send the spans still buffered (Phoenix stores them shortly after: see `spans`)."""
         self.provider.force_flush()
+
+    def spans(self, *, timeout: float = 30.0) -> Any:
+        """The project's spans as a DataFrame, once Phoenix has stored every span this
+        observer recorded (it inserts them in the background, so a query right after
+        `flush` can come back short) or `timeout` seconds have passed."""
+        self.flush()
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = self.client().spans.get_spans_dataframe(project_identifier=self.project,
+                                                             limit=max(5000, 2 * self.recorded))
+            if len(frame) >= self.recorded or time.monotonic() > deadline:
+                return frame
+            time.sleep(0.25)
 
     def client(self) -> Any:
         """A `phoenix.client.Client` for this server."""
