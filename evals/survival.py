@@ -48,8 +48,8 @@ from tiered_context.evals.datasets import Conversation, Question, Turn, load_loc
 from tiered_context.evals.retention import bootstrap_ci
 from tiered_context.evals.strategies import counter
 
-__all__ = ["CLASSES", "SURVIVAL_CATEGORY", "SURVIVAL_RATIOS", "analyse", "answer_survival", "main", "render",
-           "survival_cases", "word_class"]
+__all__ = ["CLASSES", "SURVIVAL_CATEGORY", "SURVIVAL_RATIOS", "SentenceOracle", "analyse", "answer_survival", "main",
+           "render", "survival_cases", "word_class"]
 
 #: Kept share of tokens for the answer-survival rows: 2x and 3x compression.
 SURVIVAL_RATIOS = (0.5, 1 / 3)
