@@ -316,3 +316,29 @@ def test_locomo_evidence_survives_far_better_than_recency(shared_data) -> None:
         baseline += set(q["evidence"]) <= recent
     assert kept / len(questions) >= 0.45
     assert kept >= baseline + 0.3 * len(questions)
+
+
+def test_transcript_preset_takes_the_region_around_a_strong_hit() -> None:
+    from tiered_context import ScoringConfig
+
+    preset = ScoringConfig.for_transcripts(recency_weight=0.0)
+    assert (preset.neighbour_window, preset.neighbour_decay, preset.recency_weight) == (10, 0.95, 0.0)
+    with pytest.raises(ConfigError):
+        ScoringConfig.for_transcripts(neighbour_decay=1.0)
+
+    def region_turns(scoring: ScoringConfig | None) -> int:
+        ctx = TieredContext(session_id="m", embedder=HashEmbedder(), compaction="inline",
+                            **({"scoring": scoring} if scoring else {}))
+        with ctx:
+            for i in range(200):
+                if i == 100:
+                    text = "Let us go through the quarterly budget review for the remote control project."
+                elif 100 < i <= 108:
+                    text = f"Yeah, point {i - 100} on that: costs went up and we cut the rubber buttons."
+                else:
+                    text = f"Filler {i}: the weather, the coffee machine and lunch plans."
+                ctx.put(text, timestamp=T0 + 60 * i, metadata={"dia_id": str(i)})
+            out = ctx.assemble("What did the group say in the quarterly budget review?", budget=260)
+            return len({str(i) for i in range(100, 109)} & out.covered("dia_id"))
+
+    assert region_turns(ScoringConfig.for_transcripts()) > region_turns(None)

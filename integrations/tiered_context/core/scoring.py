@@ -18,6 +18,7 @@ import math
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +40,20 @@ class ScoringConfig:
     neighbour_decay: float = 0.7
     neighbour_window: int = 3
     length_exponent: float = 0.25
+
+    @classmethod
+    def for_transcripts(cls, **overrides: Any) -> "ScoringConfig":
+        """For meeting transcripts and other records where a topic runs over many turns
+        (its evidence is a region, not a turn): the turns near a strong hit inherit most
+        of its value, ten turns out (`neighbour_window=10`, `neighbour_decay=0.95`).
+
+        Chosen on QMSum train. On QMSum val it lifts span recall from 0.251 / 0.387 / 0.540
+        to 0.318 / 0.480 / 0.632 at 500 / 1k / 2k tokens; on LoCoMo (point facts in a
+        chat) it costs 11 / 6.5 / 5 points, which is why it is not the default
+        (``tiered-context eval ... --strategies tiered,tiered:transcript``). `overrides`
+        replace any field, e.g. ``ScoringConfig.for_transcripts(recency_weight=0.0)``.
+        """
+        return cls(**{"neighbour_window": 10, "neighbour_decay": 0.95, **overrides})
 
     def __post_init__(self) -> None:
         for name in ("relevance_weight", "recency_weight", "importance_weight"):
