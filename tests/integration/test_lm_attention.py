@@ -1,4 +1,4 @@
-"""`LMAttentionScorer` with your own transformers model: a tiny random GPT-2 built here
+"""`LMAttentionScorer` (and `LMSurprisalScorer`) with your own transformers model: a tiny random GPT-2 built here
 (eager attention), so the path runs offline in CI without the SmolLM2 file."""
 
 from __future__ import annotations
@@ -66,3 +66,12 @@ def test_bad_setups_say_what_to_change() -> None:
     sdpa, tok = _tiny("sdpa")  # a fused kernel returns no attention weights
     with pytest.raises(ConfigError, match="attn_implementation='eager'"):
         LMAttentionScorer(model=sdpa, tokenizer=tok).word_bits(TEXT.split())
+
+
+def test_surprisal_from_your_own_model_too() -> None:
+    from tiered_context.lm_importance import LMSurprisalScorer
+
+    model, tok = _tiny("sdpa")  # log-probabilities need no attention weights
+    scorer = LMSurprisalScorer(model=model, tokenizer=tok)
+    bits = scorer.word_bits(TEXT.split())
+    assert scorer.backend == "transformers" and len(bits) == len(TEXT.split()) and min(bits) > 0.0
