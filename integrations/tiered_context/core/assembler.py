@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tiered_context.core.budget import LadderEvent
-from tiered_context.core.result import AssembledContext, AssemblyReport, Scores
 from tiered_context.core.compress import Compressor, form_id
 from tiered_context.core.embed import Embedder, normalize
 from tiered_context.core.items import ContextItem, Tier
 from tiered_context.core.render import day_of, header, line, render
+from tiered_context.core.result import AssembledContext, AssemblyReport, Scores
 from tiered_context.core.scoring import Scorer, ScoreParts
 from tiered_context.core.store import ColdStore, SignalStats
 from tiered_context.core.tokens import TokenCounter
