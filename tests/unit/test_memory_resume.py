@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import pytest
 
 from tiered_context import Budget, ContextItem, LocalColdStore, TieredContext
-from tiered_context.core.checkpoint import checkpoint_scope
+from tiered_context.core.compaction import Ladder
+from tiered_context.core.namespace import Kind, Namespace
 from tiered_context.core.summarize import ExtractiveSummarizer, SummaryConfig
 from tiered_context.testing import HashEmbedder
 
@@ -81,13 +82,13 @@ def test_resuming_twice_is_idempotent(tmp_path, compaction: str) -> None:
     ctx.close()
     first = open_ctx(compaction, path=tmp_path)
     once = state(first)
-    checkpoints = len(first.store.items(checkpoint_scope("s")))
+    checkpoints = len(first.store.items(Namespace(session="s", kind=Kind.CHECKPOINTS).key))
     first.close()  # nothing moved: no new checkpoint
 
     second = open_ctx(compaction, path=tmp_path)
     try:
         assert state(second) == once
-        assert len(second.store.items(checkpoint_scope("s"))) == checkpoints == 1
+        assert len(second.store.items(Namespace(session="s", kind=Kind.CHECKPOINTS).key)) == checkpoints == 1
     finally:
         second.close()
 
@@ -108,19 +109,19 @@ def test_an_archive_without_checkpoints_resumes_by_replay(tmp_path, monkeypatch)
     """Archives written before checkpoints existed replay their history; their next close
     writes the first checkpoint."""
     with monkeypatch.context() as m:
-        m.setattr(TieredContext, "_checkpoint", lambda self: None)
+        m.setattr(Ladder, "checkpoint", lambda self: None)
         old = open_ctx("inline", path=tmp_path)
         fill(old, 0, 120)
         before = state(old)
         old.close()
 
     reopened = open_ctx("inline", path=tmp_path)
-    assert reopened.store.items(checkpoint_scope("s")) == []
+    assert reopened.store.items(Namespace(session="s", kind=Kind.CHECKPOINTS).key) == []
     assert state(reopened) == before
     reopened.close()
     again = open_ctx("inline", path=tmp_path)
     try:
-        assert len(again.store.items(checkpoint_scope("s"))) == 1
+        assert len(again.store.items(Namespace(session="s", kind=Kind.CHECKPOINTS).key)) == 1
         assert state(again) == before
     finally:
         again.close()
@@ -133,11 +134,11 @@ def test_a_checkpoint_naming_missing_summaries_falls_back_to_replay(monkeypatch)
     live = open_ctx("inline", store=store)
     fill(live, 0, 120)
     live.flush()
-    monkeypatch.setattr(store, "get", lambda tenant, ids, get=store.get: [] if tenant.endswith("#summaries")
+    monkeypatch.setattr(store, "get", lambda tenant, ids, get=store.get: [] if tenant == Namespace(session="s", kind=Kind.SUMMARIES).key
                         else get(tenant, ids))
     reopened = open_ctx("inline", store=store)
     monkeypatch.undo()
     assert reopened.working_set[-1].id == live.working_set[-1].id and len(reopened) == 120
     reopened.flush()
-    records = store.items(checkpoint_scope("s"))
+    records = store.items(Namespace(session="s", kind=Kind.CHECKPOINTS).key)
     assert len(records) == 2 and max(r.metadata["checkpoint"] for r in records) == 2

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import pytest
 
 from tiered_context import Budget, ContextItem, LadderLevel, Tier, TieredContext, TokenCounter
-from tiered_context.core.memory import RETRY_AFTER_ITEMS, summary_scope
+from tiered_context.core.compaction import RETRY_AFTER_ITEMS
+from tiered_context.core.namespace import Kind, Namespace
 from tiered_context.core.summarize import ExtractiveSummarizer, LLMSummarizer, SummaryConfig, make_summary
 from tiered_context.testing import HashEmbedder
 
@@ -67,7 +68,7 @@ def test_retiring_items_are_folded_into_an_archived_summary() -> None:
     (summary,) = ctx.summaries  # one running level-1 summary (incremental: previous + new items)
     assert summary.role == "summary" and summary.tier == Tier.L3 and summary.is_derived
     assert any(previous is not None for _, previous in recorder.calls)  # incremental: previous + new items
-    stored = ctx.store.get(summary_scope("sum"), [summary.id])
+    stored = ctx.store.get(Namespace(session="sum", kind=Kind.SUMMARIES).key, [summary.id])
     assert stored == [summary]  # archived in the store, apart from the originals
     retired = {i.id for i in items} - {w.origin_ids[0] for w in ctx.working_set}
     assert retired and retired <= set(summary.source_ids)
@@ -87,7 +88,7 @@ def test_summaries_of_summaries_reach_down_to_the_originals() -> None:
     assert max(levels) >= 2, levels
     top = next(s for s in ctx.summaries if s.metadata["summary_level"] >= 2)
     assert top.metadata["children"]
-    children = ctx.store.get(summary_scope("sum"), top.metadata["children"])
+    children = ctx.store.get(Namespace(session="sum", kind=Kind.SUMMARIES).key, top.metadata["children"])
     assert len(children) == len(top.metadata["children"])
     assert set(top.source_ids) == {o for c in children for o in c.source_ids}
     assert set(top.source_ids) <= {i.id for i in items}

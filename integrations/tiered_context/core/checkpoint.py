@@ -8,7 +8,7 @@ places them by timing, so replaying the history cannot find them again. `flush` 
 latest and replays only the originals put after it. An archive without checkpoints
 (older, or never flushed) replays its whole history, as before.
 
-The record is an item of `checkpoint_scope(session_id)`, a scope no query reads, with
+The record is an item of the namespace's `Kind.CHECKPOINTS` key, which no query reads, with
 id ``ckpt_<number>_<digest>`` and metadata ``{"checkpoint": number, "state": {...}}``,
 the state being the other fields of `Checkpoint` as JSON.
 """
@@ -17,18 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from tiered_context.core.items import ContextItem, Tier
 from tiered_context.core.store import ColdStore
 
-__all__ = ["Checkpoint", "checkpoint_scope"]
-
-
-def checkpoint_scope(session_id: str) -> str:
-    """The archive scope of a session's checkpoints: apart from originals and summaries."""
-    return f"{session_id}#state"
+__all__ = ["Checkpoint"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,9 +52,13 @@ class Checkpoint:
                            metadata={"checkpoint": self.number, "state": state})
 
     @classmethod
-    def latest(cls, store: ColdStore, session_id: str) -> "Checkpoint | None":
-        """The session's latest checkpoint, or None if it has none."""
-        records = store.items(checkpoint_scope(session_id))
+    def latest(cls, store: ColdStore, keys: Sequence[str]) -> "Checkpoint | None":
+        """The latest checkpoint stored under any of `keys` (a namespace's checkpoint key,
+        then the key an archive written before namespaces used), or None.
+
+        Only records the ladder wrote count (role ``checkpoint``): `put` cannot make one."""
+        records = [r for key in keys for r in store.items(key)
+                   if r.role == "checkpoint" and isinstance(r.metadata.get("state"), dict)]
         if not records:
             return None
         record = max(records, key=lambda r: (int(r.metadata["checkpoint"]), r.id))

@@ -1,50 +1,49 @@
 """`TieredContext`: the facade. Put history in; assemble what the next call needs.
 
-The ladder that keeps the working set under budget, and the summaries it folds retiring
-history into, live in `core.compaction` (`CompactionMixin`); this module puts, assembles,
-learns from feedback, and resumes a reopened archive.
+A memory is three values and two components: its `MemoryConfig` (every setting, frozen),
+its `Namespace` (tenant, user, session, thread, generation: structured, never a joined
+string), the `ContextAssembler` that decides what a call sees, and the `Ladder`
+(`core.compaction`) that keeps the working set under budget and folds retiring history
+into summaries. This module validates at the door, puts, assembles, learns from
+feedback, resets (a new generation), and resumes a reopened archive.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tiered_context.core.assembler import AssembledContext, ContextAssembler
 from tiered_context.core.budget import Budget, LadderEvent
-from tiered_context.core.compaction import RETRY_AFTER_ITEMS  # noqa: F401 - importable from here, as before
-from tiered_context.core.compaction import PREPARE_BATCH, Compaction, CompactionMixin, Compression, summary_scope
-from tiered_context.core.compress import Compressor, SelfInformationCompressor
-from tiered_context.core.embed import Embedder, WordLlamaEmbedder, normalize
+from tiered_context.core.compaction import Ladder
+from tiered_context.core.compress import Compressor
+from tiered_context.core.config import MemoryConfig
+from tiered_context.core.durable import read_json
+from tiered_context.core.embed import Embedder, normalize
+from tiered_context.core.enums import Compaction, Compression, StoreKind
 from tiered_context.core.importance import self_information
 from tiered_context.core.items import ContextItem, Role, Tier
+from tiered_context.core.namespace import Kind, Namespace
 from tiered_context.core.scoring import Scorer, ScoreParts, ScoringConfig
-from tiered_context.core.store import ColdStore, LocalColdStore
-from tiered_context.core.summarize import ExtractiveSummarizer, Summarizer, SummaryConfig
+from tiered_context.core.store import ColdStore
+from tiered_context.core.summarize import Summarizer, SummaryConfig
 from tiered_context.core.tokens import TokenCounter
 from tiered_context.errors import ConfigError, InputError
 
 __all__ = ["TieredContext", "Compaction", "Compression", "apply_feedback"]
 
-
-def _default_store(path: Path | None) -> ColdStore:
-    """In memory: `LocalColdStore`. On disk: embedded Qdrant (qdrant-edge-py) when the
-    `qdrant` extra is installed (write-ahead log, tenant-indexed, scales to 100k+ items),
-    else the journaled `LocalColdStore`. A directory keeps the kind it was created with."""
-    if path is None:
-        return LocalColdStore()
-    if not (path / "archive.jsonl").exists():
-        try:
-            from tiered_context.qdrant import QdrantColdStore
-        except ImportError:
-            pass
-        else:
-            return QdrantColdStore(path=path / "qdrant")
-    return LocalColdStore(path)
+log = logging.getLogger("tiered_context")
+#: The side file where releases before namespaces kept learned weights (read once, migrated).
+LEGACY_PREFERENCES = "preferences.json"
+_UNSET: Any = object()
 
 
 def apply_feedback(scorer: Scorer, assembled: AssembledContext, used: Iterable[str], user: str | None) -> None:
@@ -62,7 +61,7 @@ def apply_feedback(scorer: Scorer, assembled: AssembledContext, used: Iterable[s
     scorer.preferences.update(user, used_parts, unused_parts)
 
 
-class TieredContext(CompactionMixin):
+class TieredContext:
     """A three-tier memory that assembles budgeted context for each model call.
 
     Setup::
@@ -89,6 +88,12 @@ class TieredContext(CompactionMixin):
     `compression="all"` (default) also offers compressed forms of retrieved candidates.
     Nothing is ever deleted. `flush()` and `close()` archive a checkpoint of the ladder, so
     a memory reopened on the same archive assembles exactly what it did before.
+
+    Ids (`session_id`, `user_id`, `tenant`, `thread_id`) may hold any characters; each is
+    a separate field of the memory's `Namespace`, so no id can reach another's history or
+    the library's own records. `reset()` starts a new, empty generation (the old history
+    stays archived); `sibling(session_id=...)` is the same memory for another session.
+    All settings are one frozen `MemoryConfig` (`config=`, or the keywords below).
     """
 
     def __init__(
@@ -96,53 +101,125 @@ class TieredContext(CompactionMixin):
         *,
         session_id: str = "default",
         user_id: str | None = None,
+        tenant: str | None = None,
+        thread_id: str | None = None,
+        config: MemoryConfig | None = None,
         path: str | Path | None = None,
+        store: ColdStore | None = None,
+        store_kind: StoreKind | str = _UNSET,
         budget: Budget | int | None = None,
         counter: TokenCounter | None = None,
         embedder: Embedder | None = None,
-        store: ColdStore | None = None,
         compressor: Compressor | None = None,
         scoring: ScoringConfig | None = None,
-        compaction: Compaction | str = Compaction.BACKGROUND,
+        compaction: Compaction | str = _UNSET,
         on_event: Callable[[LadderEvent], None] | None = None,
-        compression: Compression | str = Compression.ALL,
+        compression: Compression | str = _UNSET,
         summarizer: Summarizer | None = None,
         summary: SummaryConfig | None = None,
     ) -> None:
-        if not session_id or not isinstance(session_id, str):
-            raise ConfigError("session_id must be a non-empty string")
+        settings = {k: v for k, v in (
+            ("path", path), ("store", store), ("store_kind", store_kind), ("budget", budget), ("counter", counter),
+            ("embedder", embedder), ("compressor", compressor), ("scoring", scoring), ("compaction", compaction),
+            ("on_event", on_event), ("compression", compression), ("summarizer", summarizer), ("summary", summary),
+        ) if v is not None and v is not _UNSET}
+        if config is not None and settings:
+            raise ConfigError(f"pass config= or settings ({', '.join(sorted(settings))}), not both; "
+                              "use config.replace(...) to change a setting")
         if store is not None and path is not None:
             raise ConfigError("pass either path= (the default store on disk) or store=, not both")
-        self.session_id, self.user_id = session_id, user_id
-        self.budget = Budget(max_tokens=budget) if isinstance(budget, int) else (budget or Budget())
-        self.counter = counter or TokenCounter()
-        self.embedder = embedder or WordLlamaEmbedder()
-        self.path = Path(path) if path is not None else None
-        self.store: ColdStore = store or _default_store(self.path)
-        self.compressor = compressor or SelfInformationCompressor(self.counter)
-        self.scorer = Scorer(scoring)
-        try:
-            self.compaction = Compaction(compaction)
-        except ValueError:
-            raise ConfigError(f"compaction must be one of {[c.value for c in Compaction]}, got {compaction!r}") from None
-        try:
-            self.compression = Compression(compression)
-        except ValueError as exc:
-            raise ConfigError(f"compression must be one of {[c.value for c in Compression]}, got {compression!r}") from exc
-        self.summary = summary or SummaryConfig()
-        # the default summarizer embeds sentences with WordLlama whatever the memory's embedder:
-        # centrality is a small part of its score, and a slow embedder would slow every fold
-        self.summarizer: Summarizer = summarizer or ExtractiveSummarizer(counter=self.counter)
-        self.on_event = on_event
+        base = config if config is not None else MemoryConfig(**settings)
+        self._owns_store = True  # closed with the memory; siblings share it and leave it open
+        self.config: MemoryConfig = base.resolve()
+        self.path = self.config.path
+        self.user_id = user_id
+        self.scorer = Scorer(self.config.scoring)
         self._assembler = ContextAssembler(
-            counter=self.counter, embedder=self.embedder, store=self.store, scorer=self.scorer,
-            compressor=self.compressor if self.compression == Compression.ALL else None,
-            compression_ratio=self.budget.compression_ratio,
+            counter=self.config.counter, embedder=self.config.embedder, store=self.config.store, scorer=self.scorer,
+            compressor=self.config.compressor if self.config.compression == Compression.ALL else None,
+            compression_ratio=self.config.budget.compression_ratio,
         )
-        self._lock = threading.RLock()
-        self._next_seq = 0
-        self._init_ladder()
-        self._resume()
+        self._lock = threading.RLock()  # orders puts: sequence numbers and archive writes
+        self._preferences_loaded: set[str | None] = set()
+        root = Namespace(session=session_id, user=user_id, tenant=tenant, thread=thread_id)
+        self._open(root.with_generation(self._current_generation(root)))
+        self._migrate_legacy_preferences()
+        self._load_preferences(user_id)
+
+    # -- the memory's identity -------------------------------------------------------------
+    @property
+    def namespace(self) -> Namespace:
+        """Where this memory's records live (tenant, user, session, thread, generation)."""
+        return self._namespace
+
+    @property
+    def session_id(self) -> str:
+        return self._namespace.session
+
+    @property
+    def generation(self) -> int:
+        """How many times `reset()` started a fresh history for this scope."""
+        return self._namespace.generation
+
+    # shortcuts to the configuration, for reading
+    budget = property(lambda self: self.config.budget)
+    counter = property(lambda self: self.config.counter)
+    embedder = property(lambda self: self.config.embedder)
+    store = property(lambda self: self.config.store)
+    compressor = property(lambda self: self.config.compressor)
+    summarizer = property(lambda self: self.config.summarizer)
+    summary = property(lambda self: self.config.summary)
+    compaction = property(lambda self: self.config.compaction)
+    compression = property(lambda self: self.config.compression)
+    on_event = property(lambda self: self.config.on_event)
+
+    def sibling(self, *, session_id: str | None = None, user_id: str | None = _UNSET, tenant: str | None = _UNSET,
+                thread_id: str | None = _UNSET) -> "TieredContext":
+        """The same memory (settings, store, components) for another scope. Unchanged
+        ids are inherited; the sibling shares the store and never closes it."""
+        ns = self._namespace
+        sibling = TieredContext(
+            config=self.config,
+            session_id=ns.session if session_id is None else session_id,
+            user_id=ns.user if user_id is _UNSET else user_id,
+            tenant=ns.tenant if tenant is _UNSET else tenant,
+            thread_id=ns.thread if thread_id is _UNSET else thread_id,
+        )
+        sibling._owns_store = False
+        return sibling
+
+    def reset(self) -> int:
+        """Start a new, empty generation of this scope and return its number.
+
+        Nothing is deleted: the old history stays archived (under its generation), and
+        every memory opened later on this scope opens the new generation. The marker is
+        archived before this returns, so a reset is as durable as a put.
+        """
+        with self._lock:
+            self._ladder.close()
+            generation = max(self._current_generation(self._namespace.root), self.generation) + 1
+            marker = ContextItem(id=f"generation-{generation:08d}", text=f"history reset: generation {generation}",
+                                 role="marker", tier=Tier.L3, metadata={"generation": generation})
+            self.store.add(self._namespace.root.with_kind(Kind.MARKERS).key, [marker],
+                           normalize(self.embedder.embed([marker.text])))
+            self._open(self._namespace.with_generation(generation))
+            return generation
+
+    async def areset(self) -> int:
+        return await asyncio.to_thread(self.reset)
+
+    def _current_generation(self, root: Namespace) -> int:
+        markers = self.config.store.items(root.with_kind(Kind.MARKERS).key)
+        return max((int(m.metadata["generation"]) for m in markers
+                    if m.role == "marker" and isinstance(m.metadata.get("generation"), int)), default=0)
+
+    def _open(self, namespace: Namespace) -> None:
+        """Make `namespace` current: a fresh ladder, resumed from what the archive holds."""
+        self._namespace = namespace
+        self._ladder = Ladder(self.config, namespace, prepare=self._assembler.prepare if self._assembler.compressor else None)
+        originals = sorted((i for i in self.store.items(namespace.key) if not i.is_derived), key=lambda i: i.seq)
+        self._next_seq = originals[-1].seq + 1 if originals else 0
+        self._ladder.resume(originals)
 
     # -- writing -------------------------------------------------------------------------
     def put(
@@ -158,7 +235,8 @@ class TieredContext(CompactionMixin):
         """Store one message or document; returns the stored item (archived on return).
 
         `content` may be str, bytes or a list of content parts; `pinned=True` keeps it in
-        every assembled context (system instructions). Empty text raises `InputError`.
+        every assembled context (system instructions). `timestamp` is POSIX seconds.
+        Empty text, or input that cannot be stored as given, raises `InputError`.
         """
         if isinstance(content, ContextItem):
             return self.put_many([content])[0]
@@ -168,38 +246,29 @@ class TieredContext(CompactionMixin):
     def put_many(self, items: Iterable[ContextItem | Mapping[str, Any] | str]) -> list[ContextItem]:
         """Store many items in one batch (one embedding call, one durable write)."""
         batch = [self._coerce(i) for i in items]
+        key = self._namespace.key
         with self._lock:
             stored, fresh = [], []
             seen: dict[str, ContextItem] = {}
             for item in batch:
-                existing = self.store.get(self.session_id, [item.id]) or ([seen[item.id]] if item.id in seen else [])
+                existing = self.store.get(key, [item.id]) or ([seen[item.id]] if item.id in seen else [])
                 if existing and existing[0].text == item.text and existing[0].role == item.role:
                     stored.append(existing[0])  # idempotent re-put
                     continue
-                tokens = self.counter.count(item.text)
                 item = item.evolve(
-                    seq=self._next_seq,
-                    tokens=tokens,
+                    seq=self._next_seq + len(fresh),
+                    tokens=self.counter.count(item.text),
                     tier=Tier.L1,
                     importance=item.importance or (1.0 if item.pinned else self_information(item.text)),
                 )
-                self._next_seq += 1
                 seen[item.id] = item
                 fresh.append(item)
                 stored.append(item)
-            if fresh:
-                try:  # nothing is half-written: a failure rolls the sequence back
-                    vectors = normalize(self.embedder.embed([i.text for i in fresh]))
-                    self.store.add(self.session_id, fresh, vectors)  # raises on a conflicting id
-                except Exception:
-                    self._next_seq -= len(fresh)
-                    raise
-                for item in fresh:
-                    self._working[item.id] = item
-                self._unprepared.extend(fresh)
-                if len(self._unprepared) >= PREPARE_BATCH:
-                    self._prepare_forms()
-                self._ladder()
+            if fresh:  # archived first; a failure leaves the sequence and the ladder as they were
+                vectors = normalize(self.embedder.embed([i.text for i in fresh]))
+                self.store.add(key, fresh, vectors)  # raises on a conflicting id
+                self._next_seq += len(fresh)
+                self._ladder.admit(fresh)
         return stored
 
     async def aput(self, content: Any, **kwargs: Any) -> ContextItem:
@@ -217,14 +286,13 @@ class TieredContext(CompactionMixin):
         limit = self.budget.max_tokens if budget is None else budget
         if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
             raise ConfigError(f"budget must be a positive int number of tokens, got {limit!r}")
-        with self._lock:
-            working = list(self._working.values())
-            events, self._events = tuple(self._events), []
-            summaries = list(self._frontier) if self.summary.candidates else []
+        user = user_id or self.user_id
+        self._load_preferences(user)
+        view = self._ladder.view(summaries=self.summary.candidates, take_events=True)
         return self._assembler.assemble(
-            self.session_id, query, budget=limit, working_set=working, recent_items=self.budget.recent_items,
-            latest_seq=self._next_seq - 1, user=user_id or self.user_id, events=events,
-            summaries=summaries, summary_tenant=summary_scope(self.session_id),
+            self._namespace.key, query, budget=limit, working_set=view.working, recent_items=self.budget.recent_items,
+            latest_seq=self._next_seq - 1, user=user, events=view.events,
+            summaries=view.summaries, summary_tenant=self._namespace.with_kind(Kind.SUMMARIES).key,
         )
 
     async def aassemble(self, query: str, *, budget: int | None = None, user_id: str | None = None) -> AssembledContext:
@@ -235,51 +303,97 @@ class TieredContext(CompactionMixin):
         """Tell the memory which items (ids or origin ids) an answer actually used.
 
         Updates the user's priority weights online: used items pull the weights toward
-        what made them score, shown-but-unused items push away. Persisted with `path=`.
+        what made them score, shown-but-unused items push away. The weights are archived
+        per user (per session for an anonymous memory), as durably as items; safe to call
+        from many threads.
         """
-        apply_feedback(self.scorer, assembled, used, user_id or self.user_id)
-        if self.path is not None:
-            (self.path / "preferences.json").write_text(json.dumps(self.scorer.preferences.state()))
+        user = user_id or self.user_id
+        self._load_preferences(user)
+        with self._lock:
+            apply_feedback(self.scorer, assembled, used, user)
+            weights = self.scorer.preferences.state().get(user or "")
+            if weights is None:
+                return
+            key = self._preferences_key(user)
+            number = len(self.store.items(key)) + 1
+            digest = hashlib.blake2b(json.dumps(weights).encode(), digest_size=6).hexdigest()
+            record = ContextItem(id=f"pref-{number:010d}-{digest}", text="learned priority weights", role="preferences",
+                                 tier=Tier.L3, metadata={"number": number, "weights": weights})
+            self.store.add(key, [record], normalize(self.embedder.embed([record.text])))
+
+    async def afeedback(self, assembled: AssembledContext, used: Iterable[str], *, user_id: str | None = None) -> None:
+        await asyncio.to_thread(self.feedback, assembled, used, user_id=user_id)
+
+    def _preferences_key(self, user: str | None) -> str:
+        ns = self._namespace
+        # a named user's weights follow the user across sessions; an anonymous memory's stay in its session
+        scope = Namespace(session=ns.session if user is None else "*", user=user, tenant=ns.tenant)
+        return scope.with_kind(Kind.PREFERENCES).key
+
+    def _load_preferences(self, user: str | None) -> None:
+        if user in self._preferences_loaded:
+            return
+        records = [r for r in self.store.items(self._preferences_key(user))
+                   if r.role == "preferences" and isinstance(r.metadata.get("weights"), list)]
+        if records:
+            latest = max(records, key=lambda r: (int(r.metadata.get("number", 0)), r.id))
+            try:
+                self.scorer.preferences.load({user or "": latest.metadata["weights"]}, merge=True)
+            except (TypeError, ValueError) as exc:
+                log.warning("learned weights of %r unreadable (%s); defaults used", user, exc)
+        self._preferences_loaded.add(user)
+
+    def _migrate_legacy_preferences(self) -> None:
+        """Weights a release before namespaces kept in ``<path>/preferences.json``: used as
+        the starting point for users with no archived weights (a damaged file is moved aside)."""
+        if self.path is None:
+            return
+        state = read_json(self.path / LEGACY_PREFERENCES, what="learned preferences file")
+        if not state:
+            return
+        try:
+            legacy = {str(u): [float(x) for x in w] for u, w in state.items()}
+        except (TypeError, ValueError):
+            log.warning("%s holds no weights this release can read; ignored", self.path / LEGACY_PREFERENCES)
+            return
+        self.scorer.preferences.load(legacy, merge=True)
 
     # -- housekeeping (the ladder itself lives in core.compaction) ---------------------------
     @property
     def summaries(self) -> list[ContextItem]:
         """The live summaries (oldest first): what `assemble` may offer for old history."""
-        with self._lock:
-            return list(self._frontier)
-
-    def flush(self) -> None:
-        """Wait until background compaction has finished and the ladder has settled, then
-        archive a checkpoint of the ladder if it moved (a reopened memory resumes from it)."""
-        with self._lock:
-            self._prepare_forms()
-        for future in list(self._preparing):
-            future.result()
-        for settle in (True, False):
-            while (pending := self._pending) is not None:
-                pending.result()
-            if settle:  # puts that raced a finished batch may leave one more step to take
-                with self._lock:
-                    self._retry_at = 0  # an explicit flush settles now, backoff or not
-                    self._ladder()
-        self._checkpoint()
-
-    async def aflush(self) -> None:
-        await asyncio.to_thread(self.flush)
+        return self._ladder.view().summaries
 
     @property
     def working_set(self) -> list[ContextItem]:
         """L1 and L2 items, oldest first (a copy)."""
-        with self._lock:
-            return list(self._working.values())
+        return self._ladder.view().working
+
+    @property
+    def working_tokens(self) -> int:
+        """Tokens of the working set (L1 and L2), what the ladder keeps under budget."""
+        return self._ladder.tokens
+
+    def flush(self) -> None:
+        """Wait until background compaction has finished and the ladder has settled, then
+        archive a checkpoint of the ladder if it moved (a reopened memory resumes from it)."""
+        self._ladder.settle()
+        self._ladder.checkpoint()
+
+    async def aflush(self) -> None:
+        await asyncio.to_thread(self.flush)
 
     def close(self) -> None:
-        self.flush()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-        close = getattr(self.store, "close", None)
-        if close is not None:
-            close()
+        """Settle and checkpoint (waiting at most the summarizer's timeout), then close the
+        store (a `sibling` shares its store and leaves it open)."""
+        self._ladder.close()
+        if self._owns_store:
+            close = getattr(self.store, "close", None)
+            if close is not None:
+                close()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
 
     def __enter__(self) -> "TieredContext":
         return self
@@ -288,14 +402,15 @@ class TieredContext(CompactionMixin):
         self.close()
 
     def __len__(self) -> int:
-        return self.store.count(self.session_id)
+        return self.store.count(self._namespace.key)
 
     def __repr__(self) -> str:
         tiers = {t.value: 0 for t in (Tier.L1, Tier.L2)}
-        for i in self._working.values():
+        for i in self.working_set:
             tiers[i.tier.value] += 1
         where = str(self.path) if self.path else "memory"
-        return (f"TieredContext(session_id={self.session_id!r}, {where}, items={len(self)}, "
+        gen = f", generation={self.generation}" if self.generation else ""
+        return (f"TieredContext(session_id={self.session_id!r:.60}{gen}, {where}, items={len(self)}, "
                 f"L1={tiers['L1']}, L2={tiers['L2']}, working={self.working_tokens}/{self.budget.working_limit} tok)")
 
     def _coerce(self, value: ContextItem | Mapping[str, Any] | str) -> ContextItem:
@@ -314,32 +429,3 @@ class TieredContext(CompactionMixin):
         if item.is_derived:
             raise InputError("put() takes originals; derived items (with source_ids) are made by the memory itself")
         return item
-
-    def _resume(self) -> None:
-        """Rebuild the working set from the archive (a reopened path resumes its state).
-
-        The latest checkpoint (archived by `flush`, so by `close`) restores the working set,
-        the live summaries and the ladder exactly as they were, whatever batches background
-        compaction took. The originals put after it (all of them for an archive without
-        checkpoints) are replayed through the ladder inline, summaries taken from the archive.
-        """
-        originals = sorted((i for i in self.store.items(self.session_id) if not i.is_derived), key=lambda i: i.seq)
-        if not originals:
-            return
-        start = self._restore({i.id: i for i in originals})
-        mode, self.compaction = self.compaction, Compaction.INLINE
-        self._replaying = True  # summaries are taken from the archive, never re-made
-        try:
-            for item in originals:
-                if item.seq >= start:
-                    self._working[item.id] = item
-                    self._next_seq = item.seq + 1
-                    self._ladder()
-            self._next_seq = originals[-1].seq + 1
-            self._events.clear()
-        finally:
-            self.compaction = mode
-            self._replaying = False
-        prefs = self.path / "preferences.json" if self.path else None
-        if prefs is not None and prefs.exists():
-            self.scorer.preferences.load(json.loads(prefs.read_text()))

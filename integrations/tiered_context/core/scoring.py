@@ -119,10 +119,20 @@ class PreferenceModel:
             return w
 
     def state(self) -> dict[str, list[float]]:
-        return {u: w.round(6).tolist() for u, w in self._weights.items()}
+        """Every user's weights (a snapshot: safe while other threads update)."""
+        with self._lock:
+            return {u: w.round(6).tolist() for u, w in self._weights.items()}
 
-    def load(self, state: Mapping[str, list[float]]) -> None:
-        self._weights = {u: np.asarray(w, dtype=float) for u, w in state.items()}
+    def load(self, state: Mapping[str, list[float]], *, merge: bool = False) -> None:
+        """Replace the weights with `state` (`merge=True`: only the users it names)."""
+        loaded = {}
+        for user, weights in state.items():
+            w = np.asarray(weights, dtype=float)
+            if w.shape != self._defaults.shape or not np.all(np.isfinite(w)):
+                raise ValueError(f"weights of {user!r} must be {len(self._defaults)} finite numbers, got {weights!r:.80}")
+            loaded[user] = np.clip(w, 0.0, 5.0)
+        with self._lock:
+            self._weights = {**self._weights, **loaded} if merge else loaded
 
 
 class Scorer:

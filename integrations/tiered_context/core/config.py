@@ -1,0 +1,165 @@
+"""`MemoryConfig`: everything a memory was built with, as one frozen value.
+
+`TieredContext(...)` turns its keyword arguments into a `MemoryConfig` once; the memory
+keeps it as `ctx.config`. "The same memory for another session, user or generation" is
+made from that value (`ctx.sibling(session_id=...)`, `ctx.reset()`), never rebuilt field
+by field, so no adapter can drop a setting (a summarizer, a scoring preset, a callback).
+
+    >>> config = MemoryConfig(budget=Budget(max_tokens=2000), compaction="inline")
+    >>> a = TieredContext(config=config, session_id="a")
+    >>> b = a.sibling(session_id="b")        # same settings, same store, its own history
+    >>> b.config is a.config
+    True
+
+The components (store, embedder, counter, ...) are shared objects: a config resolved by a
+memory names the store it opened, so siblings share one archive (one journal, one
+embedded Qdrant). Values left `None` take the offline defaults when the first memory
+resolves the config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from tiered_context.core.budget import Budget, LadderEvent
+from tiered_context.core.compress import Compressor, SelfInformationCompressor
+from tiered_context.core.durable import read_json, write_json_atomic
+from tiered_context.core.embed import Embedder, WordLlamaEmbedder
+from tiered_context.core.enums import Compaction, Compression, StoreKind
+from tiered_context.core.scoring import ScoringConfig
+from tiered_context.core.store import ColdStore, LocalColdStore
+from tiered_context.core.summarize import ExtractiveSummarizer, Summarizer, SummaryConfig
+from tiered_context.core.tokens import TokenCounter
+from tiered_context.errors import ConfigError
+
+__all__ = ["MemoryConfig"]
+
+#: The file in a memory directory that records how it was created (its store kind).
+LAYOUT_FILE = "memory.json"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryConfig:
+    """The settings of a memory (see `TieredContext` for what each one does).
+
+    `path` or `store` (not both) says where the archive lives: neither, in memory;
+    `path`, a directory on disk whose store kind (`store_kind`: ``"journal"``, the JSONL
+    journal in the core, or ``"qdrant"``, embedded Qdrant from the `[qdrant]` extra;
+    ``"auto"`` picks Qdrant when installed) is recorded in ``memory.json`` when the
+    directory is created and read back ever after, so installing a package never changes
+    the format of an existing memory.
+    """
+
+    path: Path | None = None
+    store: ColdStore | None = None
+    store_kind: StoreKind = StoreKind.AUTO
+    budget: Budget = Budget()
+    counter: TokenCounter | None = None
+    embedder: Embedder | None = None
+    compressor: Compressor | None = None
+    scoring: ScoringConfig | None = None
+    compaction: Compaction = Compaction.BACKGROUND
+    compression: Compression = Compression.ALL
+    summarizer: Summarizer | None = None
+    summary: SummaryConfig = SummaryConfig()
+    on_event: Callable[[LadderEvent], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.path is not None:
+            object.__setattr__(self, "path", Path(self.path))
+        budget = self.budget
+        if isinstance(budget, bool) or not isinstance(budget, (int, Budget)):
+            raise ConfigError(f"budget must be a Budget or a positive int number of tokens, got {budget!r}")
+        if isinstance(budget, int):
+            object.__setattr__(self, "budget", Budget(max_tokens=budget))
+        for name, enum in (("compaction", Compaction), ("compression", Compression), ("store_kind", StoreKind)):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, enum(value))
+            except ValueError:
+                raise ConfigError(f"{name} must be one of {[e.value for e in enum]}, got {value!r}") from None
+        if not isinstance(self.summary, SummaryConfig):
+            raise ConfigError(f"summary must be a SummaryConfig, got {type(self.summary).__name__}")
+
+    def replace(self, **changes: Any) -> "MemoryConfig":
+        """A copy with `changes` (validated like the original)."""
+        return replace(self, **changes)
+
+    @property
+    def resolved(self) -> bool:
+        """True when every component is chosen (what a memory's `config` always is)."""
+        return all(getattr(self, f) is not None for f in ("store", "counter", "embedder", "compressor", "summarizer", "scoring"))
+
+    def resolve(self) -> "MemoryConfig":
+        """Fill every default (open the store for `path`); a resolved config is returned as is."""
+        if self.resolved:
+            return self
+        if self.store is not None and self.path is not None:
+            raise ConfigError("pass either path= (the default store on disk) or store=, not both")
+        counter = self.counter or TokenCounter()
+        return replace(
+            self,
+            store=self.store or _open_store(self.path, self.store_kind),
+            counter=counter,
+            embedder=self.embedder or WordLlamaEmbedder(),
+            compressor=self.compressor or SelfInformationCompressor(counter),
+            scoring=self.scoring or ScoringConfig(),
+            # the default summarizer embeds sentences with WordLlama whatever the memory's
+            # embedder: centrality is a small part of its score, and a slow embedder would
+            # slow every fold
+            summarizer=self.summarizer or ExtractiveSummarizer(counter=counter),
+        )
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None or value == f.default:
+                continue
+            shown.append(f"{f.name}={type(value).__name__ if f.name in _COMPONENTS else repr(value)}")
+        return f"MemoryConfig({', '.join(shown)})"
+
+
+_COMPONENTS = {"store", "counter", "embedder", "compressor", "summarizer", "on_event", "scoring"}
+
+
+def _open_store(path: Path | None, kind: StoreKind) -> ColdStore:
+    """The store of a memory directory, of the kind recorded in it (new: `kind`)."""
+    if path is None:
+        return LocalColdStore()
+    layout = read_json(path / LAYOUT_FILE, what="memory layout record") or {}
+    recorded = layout.get("store")
+    if recorded not in {k.value for k in StoreKind if k is not StoreKind.AUTO}:
+        recorded = _infer_kind(path)  # made before the record existed, or the record was damaged
+    if recorded is not None and kind not in (StoreKind.AUTO, StoreKind(recorded)):
+        raise ConfigError(f"{path} holds a {recorded!r} memory; open it with store_kind={recorded!r} (or 'auto')")
+    chosen = StoreKind(recorded) if recorded else kind
+    if chosen is StoreKind.AUTO:
+        chosen = StoreKind.QDRANT if _qdrant_installed() else StoreKind.JOURNAL
+    if chosen is StoreKind.QDRANT:
+        from tiered_context.qdrant import QdrantColdStore  # the one optional backend the core can name
+
+        store: ColdStore = QdrantColdStore(path=path / "qdrant")
+    else:
+        store = LocalColdStore(path)
+    if layout.get("store") != chosen.value:
+        write_json_atomic(path / LAYOUT_FILE, {"format": 1, "store": chosen.value})
+    return store
+
+
+def _infer_kind(path: Path) -> str | None:
+    if (path / "archive.jsonl").exists():
+        return StoreKind.JOURNAL.value
+    if (path / "qdrant").exists():
+        return StoreKind.QDRANT.value
+    return None
+
+
+def _qdrant_installed() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("qdrant_edge") is not None or find_spec("qdrant_client") is not None
+
