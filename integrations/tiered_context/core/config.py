@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -114,16 +115,23 @@ class MemoryConfig:
         )
 
     def __repr__(self) -> str:
+        """Short: the settings that differ from the defaults, components by type name."""
         shown = []
         for f in fields(self):
             value = getattr(self, f.name)
             if value is None or value == f.default:
                 continue
-            shown.append(f"{f.name}={type(value).__name__ if f.name in _COMPONENTS else repr(value)}")
+            if f.name == "budget":
+                text = f"{value.max_tokens} tok"
+            elif isinstance(value, Enum):
+                text = repr(value.value)
+            elif f.name == "path":
+                text = repr(str(value))
+            else:
+                text = type(value).__name__
+            shown.append(f"{f.name}={text}")
         return f"MemoryConfig({', '.join(shown)})"
 
-
-_COMPONENTS = {"store", "counter", "embedder", "compressor", "summarizer", "on_event", "scoring"}
 
 
 def _open_store(path: Path | None, kind: StoreKind) -> ColdStore:

@@ -97,10 +97,22 @@ def scope(
     )
 
 
+_NS_LENGTH_PREFIXED = hashlib.sha1(b"tiered-context point ids, length-prefixed").digest()[:16]
+
+
 def point_id(tenant: str, key: str) -> str:
     """The Qdrant point id of `key` (an item id) under `tenant`: a UUID5 of both
-    (same value as ``uuid.uuid5``, computed without building UUID objects)."""
-    h = bytearray(hashlib.sha1(_NS_BYTES + f"{_tenant(tenant)}\x1f{key}".encode()).digest()[:16])
+    (same value as ``uuid.uuid5``, computed without building UUID objects).
+
+    The name hashed is ``tenant \x1f key`` when neither holds the separator (the layout
+    every existing collection has), else an unambiguous length-prefixed form, so no two
+    (tenant, key) pairs ever share a point (a control character in an id cannot collide)."""
+    tenant = _tenant(tenant)
+    if "\x1f" in tenant or "\x1f" in key:  # hashed under another namespace: cannot meet a legacy name
+        name = _NS_LENGTH_PREFIXED + f"{len(tenant)}:{tenant}{key}".encode("utf-8", "surrogatepass")
+    else:
+        name = _NS_BYTES + f"{tenant}\x1f{key}".encode("utf-8", "surrogatepass")
+    h = bytearray(hashlib.sha1(name).digest()[:16])
     h[6] = (h[6] & 0x0F) | 0x50
     h[8] = (h[8] & 0x3F) | 0x80
     x = h.hex()
