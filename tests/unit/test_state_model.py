@@ -243,3 +243,32 @@ def test_a_hung_summarizer_never_holds_interpreter_exit(tmp_path) -> None:
     )
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "exiting" in done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("returned", [None, 42, "", "   "])
+def test_a_summary_that_is_not_text_is_rejected_and_history_kept(returned) -> None:
+    from tiered_context import LLMSummarizer, SummaryError
+
+    summarizer = LLMSummarizer(lambda prompt: returned, timeout=5, retries=0)
+    events = []
+    ctx = TieredContext(session_id="s", embedder=HashEmbedder(), budget=Budget(max_tokens=100),
+                        summarizer=summarizer, compaction="inline", on_event=events.append)
+    for i in range(80):
+        ctx.put(f"turn {i}: the team discussed the roadmap and the office budget of {i} euros")
+    assert len(ctx) == 80 and ctx.summaries == []
+    assert any("summary failed" in e.detail for e in events)
+    with pytest.raises(SummaryError):
+        summarizer.summarize(ctx.working_set[:3])
+
+
+class NotASummary:
+    def summarize(self, items, previous=None):
+        return None
+
+
+def test_a_custom_summarizer_returning_none_leaves_history_unchanged() -> None:
+    ctx = TieredContext(session_id="s", embedder=HashEmbedder(), budget=Budget(max_tokens=100),
+                        summarizer=NotASummary(), compaction="inline")
+    for i in range(80):
+        ctx.put(f"turn {i}: the team discussed the roadmap and the office budget of {i} euros")
+    assert len(ctx) == 80 and ctx.summaries == [] and ctx.assemble("budget", budget=200).items

@@ -42,7 +42,7 @@ from tiered_context.core.enums import Compaction, Compression
 from tiered_context.core.facts import check_facts
 from tiered_context.core.items import ContextItem, Tier
 from tiered_context.core.namespace import Kind, Namespace
-from tiered_context.core.summarize import SummaryError, summary_id
+from tiered_context.core.summarize import SummaryError, SummaryRejected, summary_id
 
 __all__ = ["Compaction", "Compression", "Ladder", "LadderView", "PREPARE_BATCH", "RETRY_AFTER_ITEMS"]
 
@@ -419,7 +419,11 @@ class Ladder:
             return archived[0]
         if self._replaying:
             raise SummaryError("not archived before the memory was closed; it is made again later")
-        return self.config.summarizer.summarize(items, previous)
+        summary = self.config.summarizer.summarize(items, previous)
+        if not isinstance(summary, ContextItem) or not summary.is_derived or not summary.text.strip():
+            raise SummaryRejected(f"the summarizer returned {summary!r:.80}, not a summary item with text and "
+                                  "source_ids (use core.summarize.make_summary); the originals are kept")
+        return summary
 
     def _stored_summaries(self, ids: Sequence[str]) -> list[ContextItem]:
         """Archived summaries by id, in the order of `ids`: this namespace's, then those an

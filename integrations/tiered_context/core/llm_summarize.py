@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -81,7 +82,6 @@ class LLMSummarizer:
         self.counter = counter or TokenCounter()
         self.max_words, self.timeout, self.retries, self.backoff = max_words, timeout, retries, backoff
         self.prompt, self.hierarchy_prompt = prompt, hierarchy_prompt
-        self._pool: ThreadPoolExecutor | None = None
         self.failures = 0  # calls that failed (each retry counts)
 
     def build_prompt(self, items: Sequence[ContextItem], previous: ContextItem | None) -> str:
@@ -126,9 +126,18 @@ class LLMSummarizer:
     def _with_timeout(self, prompt: str) -> str:
         if self.timeout is None:
             return self._call(prompt)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tiered-summary")
-        return self._pool.submit(self._call, prompt).result(timeout=self.timeout)
+        # a daemon thread per call: a model that never answers is abandoned after `timeout`
+        # and can hold neither close() nor the interpreter's exit (a pool's thread would)
+        future: Future = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(self._call(prompt))
+            except BaseException as exc:  # handed to the waiting caller
+                future.set_exception(exc)
+
+        threading.Thread(target=run, name="tiered-summary", daemon=True).start()
+        return future.result(timeout=self.timeout)
 
     def __repr__(self) -> str:
         return f"LLMSummarizer({self.kind}: {type(self.llm).__name__}, timeout={self.timeout}, retries={self.retries})"
@@ -158,9 +167,9 @@ def _adapt(llm: Any) -> tuple[Callable[[str], str], Callable[[str], Any], str]:
     if callable(llm):
         async def acall(prompt: str) -> str:
             result = llm(prompt)
-            return await result if asyncio.iscoroutine(result) else str(result)
+            return await result if asyncio.iscoroutine(result) else result
 
-        return (lambda prompt: str(llm(prompt))), acall, "callable"
+        return llm, acall, "callable"  # what it returns is checked by make_summary: text or rejected
     raise ConfigError(
         f"cannot summarize with {type(llm).__name__}: pass a LlamaIndex LLM, a LangChain chat model "
         "or LLM, or a callable prompt -> text"
@@ -169,7 +178,7 @@ def _adapt(llm: Any) -> tuple[Callable[[str], str], Callable[[str], Any], str]:
 
 def _content(message: Any) -> str:
     """Text of a LangChain reply: a str (LLMs) or a message whose content is str or blocks."""
-    if isinstance(message, str):
+    if isinstance(message, str) or message is None:
         return message
     content = getattr(message, "content", message)
     if isinstance(content, list):

@@ -114,6 +114,8 @@ def make_summary(
     Raises `SummaryRejected` when `text` is empty or has at least as many tokens as the
     input it summarizes.
     """
+    if not isinstance(text, str):
+        raise SummaryRejected(f"the summary model returned {type(text).__name__}, not text; the originals are kept")
     text = text.strip()
     inputs = ([previous] if previous is not None else []) + list(items)
     if not inputs:
