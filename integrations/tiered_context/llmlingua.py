@@ -101,17 +101,34 @@ def offline_resources(cache: str | os.PathLike[str] | None = None) -> dict[str, 
 
 @contextlib.contextmanager
 def _env(**values: str) -> Iterator[None]:
+    """Set environment variables for the block. HF_HUB_OFFLINE is also applied to
+    huggingface_hub's constants, which read the environment once, at import: a process
+    that imported it earlier would otherwise still ask the hub."""
     with _ENV_LOCK:
         old = {k: os.environ.get(k) for k in values}
         os.environ.update(values)
+        constants = _hub_constants() if values.get("HF_HUB_OFFLINE") == "1" else None
+        was_offline = getattr(constants, "HF_HUB_OFFLINE", None)
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = True
         try:
             yield
         finally:
+            if constants is not None:
+                constants.HF_HUB_OFFLINE = was_offline
             for k, v in old.items():
                 if v is None:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+
+
+def _hub_constants() -> Any:
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return None
+    return constants
 
 
 class LLMLinguaCompressor:
