@@ -14,12 +14,16 @@ from typing import Any
 import numpy as np
 
 from tiered_context.core.embed import Embedder, normalize
+from tiered_context.core.meaning import same_meaning
 from tiered_context.errors import ConfigError, InputError, StoreError
 from tiered_context.qdrant._connect import connect
 from tiered_context.qdrant._engine import CollectionSpec, Engine, PointData, Query, check_meta
 from tiered_context.qdrant._tenancy import point_id, scope
 
-__all__ = ["CacheHit", "SemanticCache", "DEFAULT_THRESHOLD"]
+__all__ = ["CacheHit", "SemanticCache", "DEFAULT_CANDIDATES", "DEFAULT_THRESHOLD", "MeaningGuard"]
+
+#: ``guard(cached_prompt, new_prompt) -> bool``: may `new_prompt` get `cached_prompt`'s answer?
+MeaningGuard = Callable[[str, str], bool]
 
 #: Cosine similarity at or above which a cached prompt counts as the same question, for
 #: the default embedder (WordLlama). Chosen on a paraphrase set generated from the LoCoMo
@@ -27,6 +31,9 @@ __all__ = ["CacheHit", "SemanticCache", "DEFAULT_THRESHOLD"]
 #: lowest threshold with at most 0.5% false hits (a wrong cached answer). WordLlama at 0.92:
 #: 49% of paraphrases hit, 0.33% false hits; with `MiniLMEmbedder` use 0.94 (80% / 0.47%).
 DEFAULT_THRESHOLD = 0.92
+#: How many nearest cached prompts above the threshold a lookup checks with the guard
+#: (the nearest may be "Lisbon to Paris" while the next is the "Paris to Lisbon" asked).
+DEFAULT_CANDIDATES = 8
 _NEVER = 1e18  # "no expiry" (JSON has no infinity)
 
 
@@ -57,9 +64,14 @@ class SemanticCache:
             answer = call_the_llm(prompt)
             cache.update("user-7", prompt, key, answer)
 
-    Result: the same prompt (exactly) or one whose embedding has cosine >= `threshold`,
-    under the same tenant *and* the same model/params string, returns the cached
-    response until `ttl` seconds have passed. A different model or temperature never
+    Result: the same prompt (exactly) or one whose embedding has cosine >= `threshold`
+    *and* the same meaning signature (`tiered_context.core.meaning`: numbers, dates,
+    negations and named entities in order agree), under the same tenant *and* the same
+    model/params string, returns the cached response until `ttl` seconds have passed.
+    "flights from Paris to Lisbon" never gets the answer cached for "... Lisbon to Paris",
+    "is it unsafe" never the one for "is it safe". The `candidates` nearest entries above
+    the threshold are checked in order, the first that passes `guard` answers;
+    ``guard=None`` is the vector match alone. A different model or temperature never
     hits; one tenant never sees another's entries. For LangChain use
     `tiered_context.langchain.cache.TieredSemanticCache`, for LlamaIndex
     `tiered_context.llama_index.cache.SemanticCacheLLM`.
@@ -75,6 +87,8 @@ class SemanticCache:
         engine: Engine | str | None = None,
         embedder: Embedder | None = None,
         threshold: float = DEFAULT_THRESHOLD,
+        guard: MeaningGuard | None = same_meaning,
+        candidates: int = DEFAULT_CANDIDATES,
         ttl: float | None = None,
         collection: str = "tiered_context_cache",
         timeout: float = 10.0,
@@ -82,6 +96,10 @@ class SemanticCache:
     ) -> None:
         if not 0 < threshold <= 1:
             raise ConfigError(f"threshold is a cosine similarity in (0, 1], got {threshold!r}")
+        if guard is not None and not callable(guard):
+            raise ConfigError(f"guard must be a callable (cached_prompt, new_prompt) -> bool or None, got {guard!r}")
+        if isinstance(candidates, bool) or not isinstance(candidates, int) or not 1 <= candidates <= 100:
+            raise ConfigError(f"candidates is how many nearest entries a lookup checks, an int in 1..100, got {candidates!r}")
         if ttl is not None and (not isinstance(ttl, (int, float)) or not ttl > 0):
             raise ConfigError(f"ttl must be a positive number of seconds or None, got {ttl!r}")
         if store is not None and (path is not None or url is not None):
@@ -92,7 +110,9 @@ class SemanticCache:
 
             embedder = WordLlamaEmbedder()
         self.embedder = embedder
+        self.guard, self.candidates = guard, candidates
         self.hits = self.misses = 0
+        self.guarded = 0  # lookups where a vector match was refused by the guard (a wrong answer avoided)
         self._clock = clock  # seconds; injectable so TTL tests need not sleep
         self._lock = threading.RLock()
         if store is not None:
@@ -130,11 +150,18 @@ class SemanticCache:
             return CacheHit(p["response"], p["prompt"], 1.0, True)
         vector = self._embed(prompt)
         near = scope(where_all.tenant, equals=[("llm", key)], above=[("expires", now)])
-        found = self._coll.query([Query(near, 1, dense=vector)])[0]
-        if found and found[0].score >= self.threshold:
-            self.hits += 1
-            p = found[0].payload
-            return CacheHit(p["response"], p["prompt"], float(found[0].score), False)
+        guard = self.guard
+        found = self._coll.query([Query(near, self.candidates if guard is not None else 1, dense=vector)])[0]
+        refused = False
+        for point in found:  # nearest first
+            if point.score < self.threshold:
+                break
+            p = point.payload
+            if guard is None or guard(p["prompt"], prompt):
+                self.hits += 1
+                return CacheHit(p["response"], p["prompt"], float(point.score), False)
+            refused = True
+        self.guarded += refused
         self.misses += 1
         return None
 
@@ -187,7 +214,7 @@ class SemanticCache:
 
     def __repr__(self) -> str:
         return (f"SemanticCache(threshold={self.threshold}, ttl={self.ttl}, hits={self.hits}, "
-                f"misses={self.misses})")
+                f"misses={self.misses}, guarded={self.guarded})")
 
     # -- internals ---------------------------------------------------------------------
     def _embed(self, prompt: str) -> np.ndarray:
