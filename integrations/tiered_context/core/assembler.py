@@ -7,6 +7,7 @@ stateless between calls apart from a cache of per-item line costs.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -18,13 +19,13 @@ import numpy as np
 from tiered_context.core.budget import LadderEvent
 from tiered_context.core.compress import Compressor, form_id
 from tiered_context.core.embed import Embedder, normalize
-from tiered_context.core.items import ContextItem, Tier
+from tiered_context.core.items import ContextItem, Tier, check_reserved, check_text
 from tiered_context.core.render import day_of, header, line, render
 from tiered_context.core.result import AssembledContext, AssemblyReport, Scores
 from tiered_context.core.scoring import Scorer, ScoreParts
 from tiered_context.core.store import ColdStore, SignalStats
 from tiered_context.core.tokens import TokenCounter
-from tiered_context.errors import BudgetError, ConfigError
+from tiered_context.errors import BudgetError, ConfigError, InputError
 
 __all__ = ["AssembledContext", "AssemblyReport", "ContextAssembler"]
 
@@ -43,6 +44,14 @@ class _Unit:
     day: str | None = None
     bundle: tuple[str, ...] = ()  # origin ids packed together (a tool call and its results)
     summary: bool = False  # stands for many originals: never counts as covering them
+
+
+class _Units(dict):
+    """The candidates of one assembly by origin id, and the items skipped on the way in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped: dict[str, str] = {}  # item id -> why it could not be scored or rendered
 
 
 class ContextAssembler:
@@ -84,6 +93,7 @@ class ContextAssembler:
         self._forms: OrderedDict[str, ContextItem] = OrderedDict()  # form id -> compressed form
         self._cache_size = cache_size
         self._forms_lock = threading.Lock()
+        self._warned: set[str] = set()  # ids of skipped items already logged
 
     def assemble(
         self,
@@ -100,6 +110,9 @@ class ContextAssembler:
         summary_tenant: str | None = None,
     ) -> AssembledContext:
         started = time.perf_counter()
+        if not isinstance(query, str):
+            raise InputError(f"query must be str, got {type(query).__name__}")
+        check_text(query, "query")  # a lone surrogate would break the embedder with a raw TypeError
         vector = normalize(self.embedder.embed([query]))[0] if query.strip() else None
         units, stats = self._candidates(tenant, query, vector, working_set, budget)
         self._score(tenant, query, vector, units, latest_seq, stats, user)
@@ -138,13 +151,44 @@ class ContextAssembler:
         self._line_cost.clear()
         self._header_cost.clear()
 
+    # -- intake: one guard per item --------------------------------------------------
+    def _admit(self, units: _Units, *items: ContextItem | None) -> bool:
+        """True if every item can be scored and rendered; else the first that cannot is
+        named in `units.skipped` (logged at warning once per item, traceback at debug) and
+        the candidate is left out. This is the stage boundary behind which no per-item
+        failure can break an assembly: records archived before input was checked at the
+        door (e.g. ``tool_call_ids=12345``) are skipped here, never raised."""
+        for item in items:
+            if item is None:
+                continue
+            try:
+                check_reserved(item.metadata)
+                if not math.isfinite(float(item.importance)) or int(item.seq) != item.seq:
+                    raise ValueError(f"importance {item.importance!r} or seq {item.seq!r} is not a number")
+                if item.id not in self._line_cost:  # renders and counts; the packer reuses the cost
+                    self._line_cost[item.id] = self.counter.count(check_text(line(item), "its rendered line"))
+            except Exception as exc:
+                reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+                units.skipped[item.id] = reason
+                if item.id not in self._warned:
+                    if len(self._warned) > 10_000:
+                        self._warned.clear()
+                    self._warned.add(item.id)
+                    log.warning("assembly leaves out item %r (it stays archived; fix and re-put it to see it "
+                                "again): %s", item.id, reason)
+                    log.debug("why item %r was skipped", item.id, exc_info=True)
+                return False
+        return True
+
     # -- candidates ------------------------------------------------------------------
     def _candidates(self, tenant, query, vector, working_set, budget) -> tuple[dict[str, _Unit], SignalStats | None]:
-        units: dict[str, _Unit] = {}
+        units = _Units()
         derived = [i.origin_ids[0] for i in working_set if i.is_derived]
         originals = {o.id: o for o in self.store.get(tenant, derived)} if derived else {}  # one round trip
         for item in working_set:
             origin_id = item.origin_ids[0]
+            if not self._admit(units, item, originals.get(origin_id)):
+                continue
             if item.is_derived:
                 original = originals.get(origin_id)
                 forms = [item, original] if original is not None else [item]
@@ -156,7 +200,7 @@ class ContextAssembler:
             found = self.store.search(tenant, query, vector, limit=max(64, budget // 10))
             stats = found.stats
             for hit in found.hits:
-                if hit.item.is_derived or hit.item.id in units:
+                if hit.item.is_derived or hit.item.id in units or not self._admit(units, hit.item):
                     continue
                 units[hit.item.id] = _Unit(hit.item, [hit.item], _ZERO, 0.0)
         return units, stats
@@ -170,7 +214,8 @@ class ContextAssembler:
         dense = np.array([raw.get(i, (0.0, 0.0))[1] for i in ids], dtype=np.float32)
         seqs = np.array([units[i].origin.seq for i in ids], dtype=np.float32)
         importance = np.array([units[i].origin.importance for i in ids], dtype=np.float32)
-        parts = self.scorer.score(bm25=bm25, dense=dense, seqs=seqs, importance=importance, latest_seq=latest_seq, stats=stats, user=user)
+        parts = self.scorer.score(bm25=bm25, dense=dense, seqs=seqs, importance=importance, latest_seq=latest_seq, stats=stats, user=user,
+                                  query=query)
         for i, p in zip(ids, parts):
             units[i].parts, units[i].value = p, p.total
 
@@ -184,7 +229,8 @@ class ContextAssembler:
         offsets = [d for d in range(-window, window + 1) if d]
         by_seq = {u.origin.seq: u for u in units.values()}
         wanted = {u.origin.seq + d for u in best for d in offsets} - by_seq.keys()
-        fresh = [i for i in self.store.get_by_seq(tenant, sorted(s for s in wanted if s >= 0)) if i.id not in units]
+        fresh = [i for i in self.store.get_by_seq(tenant, sorted(s for s in wanted if s >= 0))
+                 if i.id not in units and self._admit(units, i)]
         for item in fresh:
             units[item.id] = _Unit(item, [item], _ZERO, 0.0)
         if fresh:
@@ -210,7 +256,7 @@ class ContextAssembler:
         known = set().union(*linked.values())
         for item in self.store.get_by_seq(tenant, sorted(s for s in wanted if s >= 0)):
             ids = _call_ids(item)
-            if ids & known and item.id not in units:
+            if ids & known and item.id not in units and self._admit(units, item):
                 units[item.id] = _Unit(item, [item], _ZERO, 0.0, bundle=(item.id,))
                 linked[item.id] = ids
         groups: list[tuple[set[str], set[str]]] = []  # (call ids, origin ids)
@@ -257,7 +303,7 @@ class ContextAssembler:
     def _add_summaries(self, tenant, query, vector, units: dict[str, _Unit], summaries, latest_seq, stats, user) -> None:
         """Summaries as candidates, scored on the same scale as the turns: their raw BM25
         and cosine (from the summary archive) are normalised together with the best turn's."""
-        fresh = [s for s in summaries if s.id not in units]
+        fresh = [s for s in summaries if s.id not in units and self._admit(units, s)]
         if not fresh:
             return
         raw = self.store.score(tenant, query, vector, [s.id for s in fresh]) if vector is not None else {}
@@ -268,7 +314,7 @@ class ContextAssembler:
         seqs = np.array([float(s.metadata.get("last_seq", s.seq)) for s in fresh] + [latest_seq], dtype=np.float32)
         importance = np.array([s.importance for s in fresh] + [0.0], dtype=np.float32)
         parts = self.scorer.score(bm25=bm25, dense=dense, seqs=seqs, importance=importance, latest_seq=latest_seq,
-                                  stats=stats, user=user)
+                                  stats=stats, user=user, query=query)
         for summary, p in zip(fresh, parts):
             units[summary.id] = _Unit(summary, [summary], p, p.total * SUMMARY_WEIGHT, Tier.L3,
                                       bundle=(summary.id,), summary=True)
@@ -393,6 +439,7 @@ class ContextAssembler:
             provenance={i.id: i.origin_ids for i in items},
             events=events,
             fact_checks={i.id: dict(i.metadata.get("fact_check") or {}) for o, i in zip(picked, items) if units[o].summary},
+            skipped=dict(units.skipped),
         )
         # coverage: originals present verbatim or as a 1:1 form; a summary covers none of its sources
         origins = tuple(units[o].origin for o, i in zip(picked, items) if len(i.origin_ids) == 1 and not units[o].summary)
@@ -406,7 +453,10 @@ SUMMARY_WEIGHT = 0.5
 
 
 def _call_ids(item: ContextItem) -> set[str]:
-    ids = {str(c) for c in item.metadata.get("tool_call_ids") or ()}
+    """The tool-call ids `item` makes or answers (malformed values count as none; such
+    items are skipped by `_admit` before they become candidates)."""
+    calls = item.metadata.get("tool_call_ids")
+    ids = {str(c) for c in calls} if isinstance(calls, (list, tuple)) else set()
     if item.metadata.get("tool_call_id"):
         ids.add(str(item.metadata["tool_call_id"]))
     return ids

@@ -28,7 +28,7 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Any
 
-from tiered_context.core.items import ContextItem, Role, coerce_text
+from tiered_context.core.items import ContextItem, Role, check_reserved, check_role, check_text, coerce_text, plain_metadata, to_timestamp
 from tiered_context.errors import InputError, MergeConflict, ScopeError, TenantError
 
 __all__ = [
@@ -110,9 +110,12 @@ class ContextBlock:
         metadata: Mapping[str, Any] | None = None,
     ) -> "ContextBlock":
         """A version-1 block from any supported content (str, bytes, content parts)."""
-        text = coerce_text(content)
+        text = check_text(coerce_text(content), "the block's content")
         if not text.strip():
             raise InputError("a block needs non-empty content; skip empty messages")
+        role = check_role(role)
+        metadata = plain_metadata(metadata)
+        check_reserved(metadata)
         try:
             kind = BlockKind(kind)
         except ValueError:
@@ -120,9 +123,9 @@ class ContextBlock:
         digest = content_hash(text)
         return cls(
             key=key or f"b_{digest}", content=text, content_hash=digest, tenant=tenant, scope=scope, kind=kind,
-            role=role.value if isinstance(role, Role) else str(role), source_ids=tuple(source_ids),
-            relevance=relevance, shared=shared, timestamp=time.time() if timestamp is None else float(timestamp),
-            metadata=dict(metadata or {}),
+            role=role, source_ids=tuple(source_ids),
+            relevance=relevance, shared=shared, timestamp=time.time() if timestamp is None else to_timestamp(timestamp),
+            metadata=metadata,
         )
 
     @property

@@ -61,6 +61,18 @@ def apply_feedback(scorer: Scorer, assembled: AssembledContext, used: Iterable[s
     scorer.preferences.update(user, used_parts, unused_parts)
 
 
+def _sound(item: ContextItem) -> bool:
+    """False for a record an older release archived without checking it at the door (it
+    stays archived, `assemble` reports it in `skipped`; the ladder never batches it)."""
+    try:
+        item.checked()
+    except (InputError, TypeError, ValueError) as exc:
+        log.warning("archived item %r is not valid input (%s); it stays archived but out of the working set",
+                    item.id, " ".join(str(exc).split())[:200])
+        return False
+    return True
+
+
 class TieredContext:
     """A three-tier memory that assembles budgeted context for each model call.
 
@@ -219,7 +231,9 @@ class TieredContext:
         self._ladder = Ladder(self.config, namespace, prepare=self._assembler.prepare if self._assembler.compressor else None)
         originals = sorted((i for i in self.store.items(namespace.key) if not i.is_derived), key=lambda i: i.seq)
         self._next_seq = originals[-1].seq + 1 if originals else 0
-        self._ladder.resume(originals)
+        self._ladder.resume([i for i in originals if _sound(i)])
+
+
 
     # -- writing -------------------------------------------------------------------------
     def put(
@@ -415,13 +429,12 @@ class TieredContext:
 
     def _coerce(self, value: ContextItem | Mapping[str, Any] | str) -> ContextItem:
         if isinstance(value, ContextItem):
-            item = value
+            item = value.checked()  # built directly: the same checks as `create`
         elif isinstance(value, Mapping):
             if "content" not in value and "text" not in value:
                 raise InputError("a mapping item needs 'content' (or 'text'); e.g. {'role': 'user', 'content': 'hi'}")
-            meta = dict(value.get("metadata") or {})
             item = ContextItem.create(value.get("content", value.get("text")), role=value.get("role", Role.USER),
-                                      timestamp=value.get("timestamp"), metadata=meta, id=value.get("id"), pinned=bool(value.get("pinned", False)))
+                                      timestamp=value.get("timestamp"), metadata=value.get("metadata"), id=value.get("id"), pinned=bool(value.get("pinned", False)))
         else:
             item = ContextItem.create(value)
         if not item.text.strip():

@@ -31,6 +31,10 @@ class AssemblyReport:
     events: tuple[LadderEvent, ...] = ()
     #: included summary id -> its fact check (facts, kept, retention, missing names/numbers/dates)
     fact_checks: dict[str, dict] = field(default_factory=dict)
+    #: candidates left out because they could not be scored or rendered (e.g. a record an
+    #: older release archived with malformed metadata): item id -> a short reason.
+    #: Empty in a healthy memory; the first time an item is skipped it is logged at warning.
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,8 +52,16 @@ class AssembledContext:
     origins: tuple[ContextItem, ...] = field(default=())
 
     def covered(self, key: str) -> set:
-        """`metadata[key]` of each original present verbatim or as a 1:1 compressed form."""
-        return {o.metadata[key] for o in self.origins if key in o.metadata}
+        """`metadata[key]` of each original present verbatim or as a 1:1 compressed form
+        (values that cannot be in a set, such as lists, are left out)."""
+        out = set()
+        for o in self.origins:
+            if key in o.metadata:
+                try:
+                    out.add(o.metadata[key])
+                except TypeError:
+                    continue
+        return out
 
     def __repr__(self) -> str:
         tiers = ", ".join(f"{k}={v}" for k, v in self.report.tokens_per_tier.items() if v)
