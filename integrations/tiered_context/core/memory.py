@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -59,6 +59,24 @@ def apply_feedback(scorer: Scorer, assembled: AssembledContext, used: Iterable[s
         sp = ScoreParts(*(parts[k] for k in ScoreParts.__slots__))
         (used_parts if {item.id, origin} & used_ids else unused_parts).append(sp)
     scorer.preferences.update(user, used_parts, unused_parts)
+
+
+@runtime_checkable
+class SharedColdStore(Protocol):
+    """A `ColdStore` that many worker processes write at once (Postgres, a Qdrant server).
+
+    `next_seqs(tenant, n)` allocates sequence numbers no other worker issues;
+    `watermark(tenant)` is the length of the tenant's commit log (records acknowledged,
+    originals and derived); `since(tenant, position)` returns the records after
+    `position`, in commit order. A memory on such a store catches up before it puts or
+    assembles, so every worker sees every acknowledged write.
+    """
+
+    def next_seqs(self, tenant: str, n: int) -> range: ...
+
+    def watermark(self, tenant: str) -> int: ...
+
+    def since(self, tenant: str, watermark: int) -> list[ContextItem]: ...
 
 
 def _sound(item: ContextItem) -> bool:
@@ -229,9 +247,30 @@ class TieredContext:
         """Make `namespace` current: a fresh ladder, resumed from what the archive holds."""
         self._namespace = namespace
         self._ladder = Ladder(self.config, namespace, prepare=self._assembler.prepare if self._assembler.compressor else None)
+        shared = isinstance(self.store, SharedColdStore)
+        self._log_position = self.store.watermark(namespace.key) if shared else 0  # read before the items
         originals = sorted((i for i in self.store.items(namespace.key) if not i.is_derived), key=lambda i: i.seq)
         self._next_seq = originals[-1].seq + 1 if originals else 0
+        self._known: set[str] = {i.id for i in originals} if shared else set()
         self._ladder.resume([i for i in originals if _sound(i)])
+
+    def _catch_up(self) -> None:
+        """Admit the originals other workers acknowledged since this memory last looked (a
+        store shared across processes: `SharedColdStore`). One cheap read when nothing changed."""
+        if not isinstance(self.store, SharedColdStore):
+            return  # an in-process or single-process store: every write went through this object
+        key = self._namespace.key
+        with self._lock:
+            if self.store.watermark(key) == self._log_position:
+                return
+            records = self.store.since(key, self._log_position)
+            self._log_position += len(records)
+            fresh = sorted((i for i in records if not i.is_derived and i.id not in self._known), key=lambda i: i.seq)
+            self._known.update(i.id for i in fresh)
+            fresh = [i for i in fresh if _sound(i)]
+            if fresh:
+                self._next_seq = max(self._next_seq, fresh[-1].seq + 1)
+                self._ladder.admit(fresh)
 
 
 
@@ -261,6 +300,7 @@ class TieredContext:
         """Store many items in one batch (one embedding call, one durable write)."""
         batch = [self._coerce(i) for i in items]
         key = self._namespace.key
+        self._catch_up()
         with self._lock:
             stored, fresh = [], []
             seen: dict[str, ContextItem] = {}
@@ -279,9 +319,14 @@ class TieredContext:
                 fresh.append(item)
                 stored.append(item)
             if fresh:  # archived first; a failure leaves the sequence and the ladder as they were
+                if isinstance(self.store, SharedColdStore):  # numbers no other worker can issue
+                    fresh = [i.evolve(seq=s) for i, s in zip(fresh, self.store.next_seqs(key, len(fresh)))]
+                    stored = [next((f for f in fresh if f.id == i.id), i) for i in stored]
                 vectors = normalize(self.embedder.embed([i.text for i in fresh]))
                 self.store.add(key, fresh, vectors)  # raises on a conflicting id
-                self._next_seq += len(fresh)
+                self._next_seq = max(self._next_seq, fresh[-1].seq + 1)
+                if isinstance(self.store, SharedColdStore):
+                    self._known.update(i.id for i in fresh)
                 self._ladder.admit(fresh)
         return stored
 
@@ -302,6 +347,7 @@ class TieredContext:
             raise ConfigError(f"budget must be a positive int number of tokens, got {limit!r}")
         user = user_id or self.user_id
         self._load_preferences(user)
+        self._catch_up()
         view = self._ladder.view(summaries=self.summary.candidates, take_events=True)
         return self._assembler.assemble(
             self._namespace.key, query, budget=limit, working_set=view.working, recent_items=self.budget.recent_items,
