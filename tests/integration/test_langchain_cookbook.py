@@ -35,3 +35,7 @@ def test_cookbook_executes_and_shows_the_comparison():
     assert "summarization: the agent call failed" in text and "tiered: 40 turns answered" in text
     row = next(line for line in text.splitlines() if line.startswith("tiered ") and "/8" in line)
     assert row.split()[-1] == "8/8"
+    assert "<recalled_context>" in text  # recalled history as one labelled block
+    assert text.count("request kept: True; tool result cut: True") == 2  # issue 14's repro, both role modes
+    assert "RunnableWithMessageHistory: history sent" in text and "(max_tokens=400)" in text
+    assert "TieredSummaryMemory:" in text and "moving_summary_buffer 0 chars" not in text

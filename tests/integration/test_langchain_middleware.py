@@ -157,10 +157,10 @@ def test_threads_and_users_are_separate_tenants():
         agent.invoke({"messages": [HumanMessage(f"bob small talk {i}")]}, b)
     agent.invoke({"messages": [HumanMessage("What is my locker code?")]}, b)
     assert "4471" not in model.last_text
-    assert mw.last_call.session == "bob/2"
+    assert (mw.last_call.user, mw.last_call.thread) == ("bob", "2")
     assert mw.last_call.recalled_items == 0
     agent.invoke({"messages": [HumanMessage("What is my locker code?")]}, a)
-    assert "4471" in model.last_text and mw.last_call.session == "alice/1"
+    assert "4471" in model.last_text and (mw.last_call.user, mw.last_call.thread) == ("alice", "1")
 
 
 def test_a_failing_compressor_never_costs_history():

@@ -20,6 +20,7 @@ from langgraph.checkpoint.memory import InMemorySaver  # noqa: E402
 from langgraph.store.memory import InMemoryStore  # noqa: E402
 
 from tiered_context import Budget, LocalColdStore, TieredContext  # noqa: E402
+from tiered_context.core.namespace import Kind  # noqa: E402
 from tiered_context.core.summarize import ExtractiveSummarizer  # noqa: E402
 from tiered_context.errors import ConfigError, DuplicateItemError, StoreError  # noqa: E402
 from tiered_context.langchain.graph_store import GraphStoreColdStore  # noqa: E402
@@ -57,15 +58,17 @@ def test_the_runtime_store_holds_the_archive_per_tenant_namespace():
     _chat(agent, {"configurable": {"thread_id": "trip.1"}}, 30, context=UserContext("alice"))
     for text in ("hi", "how are you?"):  # the current turn is archived on the next call
         agent.invoke({"messages": [HumanMessage(text)]}, {"configurable": {"thread_id": "t2"}}, context=UserContext("bob"))
-    assert mw.last_call.session == "bob/t2"  # the user id comes from the runtime context
+    assert (mw.last_call.user, mw.last_call.thread) == ("bob", "t2")  # the user id comes from the runtime context
     spaces = set(store.list_namespaces(prefix=("tiered_context",)))
-    assert {("tiered_context", "alice/trip%2E1"), ("tiered_context", "alice/trip%2E1#summaries"),
-            ("tiered_context", "bob/t2")} <= spaces
-    ctx = mw.context_for("alice/trip.1")
-    assert isinstance(ctx.store.inner, GraphStoreColdStore) and ctx.summaries
-    stored = {r.key for r in store.search(("tiered_context", "alice/trip%2E1"), limit=1000)}
-    assert {i.id for i in ctx.store.items("alice/trip.1")} == stored  # every record is in the store
-    assert not any("88231" in r.value["item"]["text"] for r in store.search(("tiered_context", "bob/t2"), limit=100))
+    ctx, bob = mw.context_for("trip.1", user_id="alice"), mw.context_for("t2", user_id="bob")
+    graph = ctx.store.inner
+    assert isinstance(graph, GraphStoreColdStore) and ctx.summaries
+    # user and thread are separate namespace fields; the store gets the injective key of each
+    alice_ns, bob_ns = graph.namespace(ctx.namespace.key), graph.namespace(bob.namespace.key)
+    assert {alice_ns, graph.namespace(ctx.namespace.with_kind(Kind.SUMMARIES).key), bob_ns} <= spaces
+    stored = {r.key for r in store.search(alice_ns, limit=1000)}
+    assert {i.id for i in ctx.store.items(ctx.namespace.key)} == stored  # every record is in the store
+    assert not any("88231" in r.value["item"]["text"] for r in store.search(bob_ns, limit=100))
 
 
 def test_a_resumed_thread_keeps_its_summaries(caplog):
@@ -98,7 +101,7 @@ def test_async_agents_archive_into_the_runtime_store():
 
     asyncio.run(chat())
     assert "88231" in model.last_text
-    assert any("88231" in r.value["item"]["text"] for r in store.search(("tiered_context", "a"), limit=100))
+    assert any("88231" in r.value["item"]["text"] for r in store.search(("tiered_context", "a"), limit=100))  # a plain id is its own key
 
 
 def test_an_explicit_store_or_path_wins_over_the_runtime_store():

@@ -20,6 +20,7 @@ from tiered_context._lazy import lazy_exports
 _EXPORTS = {
     "CallReport": "middleware",
     "LangChainEmbedder": "embeddings",
+    "Placement": "middleware",
     "GraphStoreColdStore": "graph_store",
     "ScopedSubagent": "subagents",
     "SubagentResult": "subagents",

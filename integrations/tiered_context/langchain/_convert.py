@@ -5,6 +5,8 @@ One message becomes one item:
 * ``text``: the message's text parts; every tool call rendered as ``→ name({json args})``;
   images and files as short placeholders (``[image: x.png]``), reasoning left out.
 * ``role``: user / assistant / system / tool (a ``ChatMessage`` keeps its own role).
+* ``timestamp``: ``additional_kwargs["timestamp"]`` when the message carries one (POSIX
+  seconds: an imported multi-party chat keeps its dates), else when it was archived.
 * ``metadata``: ``lc_id`` (the message id), ``lc_message`` (the whole message,
   serialised with ``message_to_dict``, so the real message comes back intact),
   ``tool_call_ids`` on an AI message with tool calls and ``tool_call_id`` on a tool
@@ -59,6 +61,7 @@ __all__ = [
     "Piece",
     "fit_pieces",
     "ensure_ids",
+    "message_time",
 ]
 
 #: ``additional_kwargs["lc_source"]`` of the summary message `SummarizationMiddleware` writes.
@@ -123,6 +126,14 @@ def message_role(message: BaseMessage) -> str:
 def ensure_ids(messages: Iterable[BaseMessage]) -> list[BaseMessage]:
     """The messages, each with an id (a copy with a fresh uuid where it had none)."""
     return [m if m.id else m.model_copy(update={"id": str(uuid.uuid4())}) for m in messages]
+
+
+def message_time(message: BaseMessage, *, default: float) -> float:
+    """``additional_kwargs["timestamp"]`` (POSIX seconds) when usable, else `default`."""
+    value = message.additional_kwargs.get("timestamp")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 253402300800:
+        return float(value)
+    return default
 
 
 def message_to_item(message: BaseMessage, *, timestamp: float | None = None, item_id: str | None = None) -> ContextItem | None:

@@ -29,6 +29,7 @@ except ImportError as exc:  # pragma: no cover
 from tiered_context.core.assembler import AssembledContext
 from tiered_context.core.budget import Budget
 from tiered_context.core.compress import Compressor
+from tiered_context.core.config import MemoryConfig
 from tiered_context.core.embed import Embedder, WordLlamaEmbedder
 from tiered_context.core.memory import Compaction, TieredContext
 from tiered_context.core.scoring import ScoringConfig
@@ -93,13 +94,14 @@ class TieredDocumentCompressor(BaseDocumentCompressor):
         if self._counter is None:
             self._counter = self.counter or TokenCounter()
         compressor: Compressor | None = self.compressor
-        return TieredContext(
-            session_id=f"compress-{uuid.uuid4().hex}", store=LocalColdStore(), embedder=self._embedder,
-            counter=self._counter, compressor=compressor, scoring=self.scoring, compaction=Compaction.INLINE,
+        config = MemoryConfig(
+            store=LocalColdStore(), embedder=self._embedder, counter=self._counter, compressor=compressor,
+            scoring=self.scoring, compaction=Compaction.INLINE,
             # compress as soon as the documents exceed the budget, keep no "recent" ones
             budget=Budget(max_tokens=budget, working_set_tokens=max(1, budget // 2),
                           compression_ratio=self.compression_ratio, recent_items=0, prune_at=1000.0),
         )
+        return TieredContext(config=config, session_id=f"compress-{uuid.uuid4().hex}")
 
     def _pack(self, documents: Sequence[Document], query: str, budget: int) -> tuple[list[Document], AssembledContext | None]:
         seen: set[str] = set()

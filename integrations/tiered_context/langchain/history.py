@@ -1,22 +1,30 @@
 """`TieredChatMessageHistory`: a `BaseChatMessageHistory` over the tiered core.
 
+The standard recipe budgets as it is (``history.messages`` is the budgeted view when
+``max_tokens`` is set; ``history.all_messages`` is the whole conversation):
+
 ```python
 from langchain_core.runnables.history import RunnableWithMessageHistory
-from tiered_context.langchain.history import TieredChatMessageHistory, budgeted_history
+from tiered_context.langchain.history import TieredChatMessageHistory
 
 histories = {}
 def get_history(session_id):          # keep one history object per session
     return histories.setdefault(session_id, TieredChatMessageHistory(session_id, max_tokens=1000))
 
-chain = RunnablePassthrough.assign(history=budgeted_history(query_key="question")) | prompt | model
-bot = RunnableWithMessageHistory(chain, get_history, input_messages_key="question",
+bot = RunnableWithMessageHistory(prompt | model, get_history, input_messages_key="question",
                                  history_messages_key="history")
 ```
+
+There ``history.messages`` is assembled for the latest user message stored (the new
+question is not in the history yet when the chain reads it). To assemble for the new
+question itself, put `budgeted_history()` in front of the prompt:
+``RunnablePassthrough.assign(history=budgeted_history(query_key="question")) | prompt | model``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,36 +35,40 @@ from tiered_context.errors import missing_extra
 try:
     from langchain_core.chat_history import BaseChatMessageHistory
     from langchain_core.callbacks import BaseCallbackManager
-    from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage, message_to_dict
+    from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, message_to_dict
     from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 except ImportError as exc:  # pragma: no cover
     raise missing_extra("langchain-core", "langchain") from exc
 
 from tiered_context.core.assembler import AssembledContext
 from tiered_context.core.budget import Budget
+from tiered_context.core.config import MemoryConfig
 from tiered_context.core.embed import Embedder
 from tiered_context.core.items import ContextItem, Role
 from tiered_context.core.memory import Compaction, TieredContext
-from tiered_context.core.render import line
 from tiered_context.core.store import ColdStore
 from tiered_context.core.tokens import TokenCounter
 from tiered_context.errors import ConfigError, InputError, positive_int
 from tiered_context.langchain._convert import (
     MessageCounter,
-    Piece,
     ensure_ids,
-    fit_pieces,
     item_to_message,
     message_text,
+    message_time,
     message_to_item,
 )
 from tiered_context.langchain._trace import assembly_run, report_outputs
+from tiered_context.langchain._view import Placement, block_overhead, build_view, placement
 from tiered_context.langchain.embeddings import as_embedder
 
-__all__ = ["TieredChatMessageHistory", "budgeted_history", "query_text"]
+__all__ = ["TieredChatMessageHistory", "budgeted_history", "query_text", "DEFAULT_MAX_TOKENS"]
 
+log = logging.getLogger("tiered_context.langchain")
 _EMPTY = "[empty message]"
-_RECALL_HEADER = "Relevant earlier context (not verbatim messages):\n"
+#: The budget of `budgeted_messages` when neither the call nor the history sets one.
+DEFAULT_MAX_TOKENS = 2000
+#: Metadata key of the clear markers the release before `TieredContext.reset` wrote.
+LEGACY_CLEAR = "lc_clear"
 
 
 def query_text(value: Any, key: str | None = None) -> str:
@@ -84,26 +96,37 @@ def query_text(value: Any, key: str | None = None) -> str:
 
 
 class TieredChatMessageHistory(BaseChatMessageHistory):
-    """Chat history whose ``messages`` are the whole conversation and whose
-    ``budgeted_messages(query)`` are what a model should see of it.
+    """Chat history that hands a chain a budgeted, valid conversation and keeps everything.
 
     Setup::
 
         history = TieredChatMessageHistory("session-1", max_tokens=1000)               # in memory
-        history = TieredChatMessageHistory("session-1", path="./memdir")               # on disk
+        history = TieredChatMessageHistory("session-1", max_tokens=1000, path="./memdir")  # on disk
+        history = TieredChatMessageHistory("s1", config=MemoryConfig(summarizer=LLMSummarizer(llm)))
         history = TieredChatMessageHistory(context=TieredContext(session_id="s1"))     # your core
 
     Use::
 
         history.add_messages([HumanMessage("We moved the launch to 3 May."), AIMessage("Noted.")])
-        history.messages                                   # every message, intact, in order
-        history.budgeted_messages("When is the launch?")   # <= max_tokens, pairs intact
-        history.as_runnable()                              # the same, as a Runnable (query -> messages)
+        history.messages          # max_tokens set: the budgeted view for the latest user message
+        history.all_messages      # every message, intact, in order (what `messages` is without max_tokens)
+        history.budgeted_messages("When is the launch?")   # the view for any query
+        history.as_runnable()     # the same, as a Runnable (query -> messages)
 
-    With `RunnableWithMessageHistory`, put `budgeted_history()` in front of the prompt
-    (see the module docstring): the chain then sees the budgeted view while the history
-    keeps everything. Nothing is deleted: ``clear()`` starts a new, empty generation of
-    the session and leaves the old one in the archive.
+    A view is at most ``max_tokens`` tokens (exact message counts) and a valid
+    conversation (`tiered_context.core.conversation`): the latest exchange verbatim, the
+    newest history the assembler chose as real messages, the rest of what it recalled
+    (older messages, compressed forms, summaries) as ONE leading context message of
+    dated, speaker-attributed lines with compressed lines marked
+    (``context_placement="system"`` makes it a SystemMessage; ``rewrite_in_place=True``
+    sends recalled messages at their place instead; ``alternate_roles=True`` for strict
+    user / assistant alternation).
+
+    Nothing is deleted: ``clear()`` starts a new, empty generation (`TieredContext.reset`)
+    and leaves the old one in the archive. An archive written by the release before
+    (clears recorded as ``lc_clear`` marker items in the session and generations kept in
+    sessions ``"<id>#g<n>"``) opens as it was: on first open its current generation's
+    messages are copied into a new core generation (the old records stay untouched).
     """
 
     def __init__(
@@ -111,27 +134,43 @@ class TieredChatMessageHistory(BaseChatMessageHistory):
         session_id: str = "default",
         *,
         context: TieredContext | None = None,
-        max_tokens: int = 2000,
+        config: MemoryConfig | None = None,
+        max_tokens: int | None = None,
         path: str | Path | None = None,
         store: ColdStore | None = None,
         embedder: Embedder | Any | None = None,
         counter: TokenCounter | None = None,
         user_id: str | None = None,
-        compaction: Compaction | str = Compaction.BACKGROUND,
+        compaction: Compaction | str | None = None,
+        context_placement: Placement | str = Placement.MESSAGE,
+        rewrite_in_place: bool = False,
+        alternate_roles: bool = False,
     ) -> None:
-        positive_int("max_tokens", max_tokens)
-        if context is not None and any(v is not None for v in (path, store, embedder, counter)):
-            raise ConfigError("pass either context= or the settings to build one (path/store/embedder/counter), not both")
+        if max_tokens is not None:
+            positive_int("max_tokens", max_tokens)
+        settings = {k for k, v in (("path", path), ("store", store), ("embedder", embedder), ("counter", counter),
+                                   ("compaction", compaction)) if v is not None}
+        if context is not None and (settings or config is not None):
+            raise ConfigError("pass either context= or the settings to build one (config= or "
+                              f"{'/'.join(sorted(settings)) or 'path/store/embedder/counter'}), not both")
+        if config is not None and settings:
+            raise ConfigError(f"pass config= or settings ({', '.join(sorted(settings))}), not both; "
+                              "use config.replace(...) to change a setting")
         self.max_tokens = max_tokens
+        self.context_placement = placement(context_placement)
+        self.rewrite_in_place = bool(rewrite_in_place)
+        self.alternate_roles = bool(alternate_roles)
         if context is None:
-            context = TieredContext(session_id=session_id, user_id=user_id, path=path, store=store,
-                                    embedder=as_embedder(embedder), counter=counter,
-                                    budget=Budget(max_tokens=max_tokens), compaction=compaction)
-        self.base_session = context.session_id
-        self._base = context
-        self._ctx = self._current_generation(context)
+            if config is None:
+                config = MemoryConfig(path=path, store=store, embedder=as_embedder(embedder), counter=counter,
+                                      budget=Budget(max_tokens=max_tokens or DEFAULT_MAX_TOKENS),
+                                      compaction=compaction or Compaction.BACKGROUND)
+            context = TieredContext(config=config, session_id=session_id, user_id=user_id)
+        self._ctx = context
         self._mc = MessageCounter(self._ctx.counter)
         self._restored: dict[str, BaseMessage] = {}
+        self._view_cache: tuple[tuple[Any, ...], list[BaseMessage]] | None = None
+        self._adopt_legacy()
 
     # -- BaseChatMessageHistory --------------------------------------------------------
     @property
@@ -145,14 +184,34 @@ class TieredChatMessageHistory(BaseChatMessageHistory):
 
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
-        """Every message of the conversation, in order, exactly as it was added."""
+        """With ``max_tokens`` set: the budgeted view for the latest user message (what
+        `RunnableWithMessageHistory` sends the model). Without: every message, as
+        `all_messages`."""
+        if self.max_tokens is None:
+            return self.all_messages
+        originals = self._originals()
+        # the same history gives the same view: RunnableWithMessageHistory reads `messages`
+        # on entry and again on exit (to cut the history off its input), and background
+        # compaction between the two must not change what it cuts
+        key = (self._ctx.generation, len(originals), originals[-1][0].id if originals else None, self.max_tokens)
+        cached = self._view_cache
+        if cached is not None and cached[0] == key:
+            return list(cached[1])
+        query = next((message_text(m) for _, m in reversed(originals) if isinstance(m, HumanMessage)), "")
+        view = self.budgeted_messages(query)
+        self._view_cache = (key, view)
+        return list(view)
+
+    @property
+    def all_messages(self) -> list[BaseMessage]:
+        """Every message of the current generation, in order, exactly as it was added."""
         return [m for _, m in self._originals()]
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
         now = time.time()
         items = []
         for m in ensure_ids(messages):
-            item = message_to_item(m, timestamp=now)
+            item = message_to_item(m, timestamp=message_time(m, default=now))
             if item is None:  # an empty message still belongs to the history
                 item = ContextItem.create(_EMPTY, role=Role.ASSISTANT if isinstance(m, AIMessage) else Role.USER,
                                           timestamp=now, id=f"lc:{m.id}",
@@ -165,33 +224,36 @@ class TieredChatMessageHistory(BaseChatMessageHistory):
         await asyncio.to_thread(self.add_messages, list(messages))
 
     def clear(self) -> None:
-        """Start a new, empty generation; the old messages stay archived (never deleted)."""
-        generation = self._generation(self._ctx.session_id) + 1
-        marker = ContextItem.create(f"[history cleared: generation {generation}]", role=Role.SYSTEM,
-                                    metadata={"lc_clear": generation}, id=f"lc-clear:{generation}")
-        self._base.put_many([marker])
-        self._ctx = self._sibling(f"{self.base_session}#g{generation}")
+        """Start a new, empty generation (`TieredContext.reset`); the old messages stay
+        archived (never deleted). Every setting of the memory is kept."""
+        self._ctx.reset()
         self._restored.clear()
+
+    async def aclear(self) -> None:
+        await asyncio.to_thread(self.clear)
 
     # -- the budgeted view -------------------------------------------------------------
     def assembled(self, query: str, *, max_tokens: int | None = None) -> AssembledContext:
         """The raw core result for `query` (items, text, report) under the budget."""
-        return self._ctx.assemble(query, budget=max_tokens or self.max_tokens)
+        return self._ctx.assemble(query, budget=max_tokens or self.max_tokens or DEFAULT_MAX_TOKENS)
 
     def budgeted_messages(self, query: str, *, max_tokens: int | None = None, callbacks: Any = None) -> list[BaseMessage]:
-        """The messages worth sending for `query`, at most ``max_tokens`` tokens (exact
-        message counts: text, tool calls, images, framing), in conversation order.
-        Tool calls come with all their results or not at all. Non-message items (e.g. a
-        summary or a document put into the same context) come first as one SystemMessage."""
-        budget = max_tokens or self.max_tokens
-        if not self._ctx.working_set and len(self._ctx) == 0:
+        """The conversation worth sending for `query`, at most ``max_tokens`` tokens (exact
+        message counts: text, tool calls, images, framing); see the class docstring."""
+        budget = positive_int("max_tokens", max_tokens or self.max_tokens or DEFAULT_MAX_TOKENS)
+        originals = self._originals()
+        if not originals and len(self._ctx) == 0:
             return []
         config = callbacks if isinstance(callbacks, BaseCallbackManager) else ({"callbacks": callbacks} if callbacks else None)
         with assembly_run(config, {"query": query, "max_tokens": budget}, {"session": self.session_id}) as run:
-            out = self._ctx.assemble(query, budget=budget)
-            view = self._view(out, budget)
-            run.outputs = {"tokens": sum(self._mc.message(m) for m in view), "message_count": len(view), **report_outputs(out)}
-        return view
+            out = self._ctx.assemble(query, budget=max(1, budget - block_overhead(self._ctx.counter)))
+            messages = [m for item, m in originals if item.text != _EMPTY]
+            view = build_view(None, messages, [], out, budget=budget, mc=self._mc, where=self.context_placement,
+                              rewrite_in_place=self.rewrite_in_place, alternate=self.alternate_roles)
+            result = ([view.system] if view.system is not None else []) + view.messages
+            run.outputs = {"tokens": sum(self._mc.message(m) for m in result), "message_count": len(result),
+                           **report_outputs(out)}
+        return result
 
     async def abudgeted_messages(self, query: str, *, max_tokens: int | None = None, callbacks: Any = None) -> list[BaseMessage]:
         return await asyncio.to_thread(self.budgeted_messages, query, max_tokens=max_tokens, callbacks=callbacks)
@@ -209,52 +271,9 @@ class TieredChatMessageHistory(BaseChatMessageHistory):
         return RunnableLambda(view, afunc=aview, name="TieredBudgetedHistory")
 
     # -- internals ---------------------------------------------------------------------
-    def _view(self, out: AssembledContext, budget: int) -> list[BaseMessage]:
-        originals = self._originals()
-        by_id = {item.id: (pos, m) for pos, (item, m) in enumerate(originals)}
-        pieces: list[Piece] = []
-        recalled: list[tuple[float, str]] = []
-        for item in out.items:
-            value = float((out.report.scores.get(item.origin_ids[0]) or {}).get("value", 0.0))
-            found = by_id.get(item.origin_ids[0]) if len(item.origin_ids) == 1 else None
-            message = item_to_message(item, found[1]) if found else None
-            if message is None or item.text == _EMPTY:
-                if item.text != _EMPTY:
-                    recalled.append((value, line(item)))
-                continue
-            pieces.append(Piece(message.id or item.id, message, position=found[0], value=value))
-        by_call: dict[str, list[int]] = {}
-        for pos, (_, m) in enumerate(originals):
-            ids = [c["id"] for c in m.tool_calls if c.get("id")] if isinstance(m, AIMessage) else \
-                ([m.tool_call_id] if isinstance(m, ToolMessage) and m.tool_call_id else [])
-            for call_id in ids:
-                by_call.setdefault(str(call_id), []).append(pos)
-
-        def partners(call_id: str) -> list[Piece]:
-            return [Piece(originals[p][1].id or originals[p][0].id, originals[p][1], position=p, value=0.0)
-                    for p in by_call.get(call_id, ())]
-
-        recalled.sort(key=lambda r: -r[0])
-        while True:
-            header = self._recall_message([r[1] for r in recalled])
-            fixed = self._mc.message(header) if header is not None else 0
-            kept, _ = fit_pieces([Piece(p.key, p.message, p.position, p.value) for p in pieces],
-                                 budget=budget, fixed_tokens=fixed, counter=self._mc, partners=partners)
-            view = ([header] if header is not None else []) + [p.message for p in kept]
-            if sum(self._mc.message(m) for m in view) <= budget or not (recalled or kept):
-                return view
-            if recalled:
-                recalled.pop()
-            else:
-                low = min(kept, key=lambda p: (p.value, p.position))
-                pieces = [p for p in pieces if p.key != low.key]
-
-    @staticmethod
-    def _recall_message(lines: list[str]) -> SystemMessage | None:
-        return SystemMessage(content=_RECALL_HEADER + "\n".join(lines)) if lines else None
-
     def _originals(self) -> list[tuple[ContextItem, BaseMessage]]:
-        items = sorted((i for i in self._ctx.store.items(self._ctx.session_id) if not i.is_derived), key=lambda i: i.seq)
+        items = sorted((i for i in self._ctx.store.items(self._ctx.namespace.key)
+                        if not i.is_derived and LEGACY_CLEAR not in i.metadata), key=lambda i: i.seq)
         out = []
         for item in items:
             message = self._restored.get(item.id)
@@ -266,18 +285,28 @@ class TieredChatMessageHistory(BaseChatMessageHistory):
             out.append((item, message))
         return out
 
-    def _generation(self, session: str) -> int:
-        return int(session.rsplit("#g", 1)[1]) if "#g" in session else 0
-
-    def _current_generation(self, base: TieredContext) -> TieredContext:
-        markers = [i.metadata["lc_clear"] for i in base.store.items(base.session_id) if "lc_clear" in i.metadata]
-        return self._sibling(f"{base.session_id}#g{max(markers)}", base) if markers else base
-
-    def _sibling(self, session: str, base: TieredContext | None = None) -> TieredContext:
-        base = base or self._base
-        return TieredContext(session_id=session, user_id=base.user_id, store=base.store, embedder=base.embedder,
-                             counter=base.counter, budget=base.budget, compressor=base.compressor,
-                             compaction=base.compaction)
+    def _adopt_legacy(self) -> None:
+        """Open an archive of the release before `TieredContext.reset`: it recorded a clear
+        as an ``lc_clear`` marker item in the session and kept generation n in the raw
+        store key ``"<session>#g<n>"``. When such markers exist and the core has no
+        generation yet, the latest legacy generation's messages are copied into a new core
+        generation (once; the legacy records are left as they were)."""
+        ctx = self._ctx
+        if ctx.generation != 0:
+            return
+        # that release keyed every session by its raw id; this one never writes a raw key
+        # that is not a plain id, so the raw key holds only that session's legacy records
+        markers = [i.metadata[LEGACY_CLEAR] for i in ctx.store.items(ctx.session_id)
+                   if isinstance(i.metadata.get(LEGACY_CLEAR), int)]
+        if not markers:
+            return
+        legacy = sorted((i for i in ctx.store.items(f"{ctx.session_id}#g{max(markers)}") if not i.is_derived),
+                        key=lambda i: i.seq)
+        log.info("session %r: legacy clear layout (generation %d, %d messages) adopted", ctx.session_id,
+                 max(markers), len(legacy))
+        ctx.reset()
+        if legacy:
+            ctx.put_many([i.evolve(seq=-1) for i in legacy])
 
 
 def budgeted_history(*, max_tokens: int | None = None, query_key: str | None = None) -> Runnable:

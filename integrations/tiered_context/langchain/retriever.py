@@ -25,6 +25,7 @@ except ImportError as exc:  # pragma: no cover
 
 from tiered_context.core.assembler import AssembledContext
 from tiered_context.core.budget import Budget
+from tiered_context.core.config import MemoryConfig
 from tiered_context.core.memory import Compaction, TieredContext
 from tiered_context.errors import ConfigError, positive_int
 from tiered_context.langchain._convert import document_to_item, item_to_document
@@ -74,8 +75,9 @@ class TieredRetriever(BaseRetriever):
     def from_documents(cls, documents: Iterable[Document], *, session_id: str = "documents", embedder: Any = None,
                        max_tokens: int = 2000, k: int | None = None, **kwargs: Any) -> "TieredRetriever":
         """A retriever over a fresh in-memory context holding `documents`."""
-        ctx = TieredContext(session_id=session_id, embedder=as_embedder(embedder),
-                            budget=Budget(max_tokens=max_tokens), compaction=Compaction.INLINE)
+        config = MemoryConfig(embedder=as_embedder(embedder), budget=Budget(max_tokens=max_tokens),
+                              compaction=Compaction.INLINE)
+        ctx = TieredContext(config=config, session_id=session_id)
         retriever = cls(context=ctx, max_tokens=max_tokens, k=k, **kwargs)
         retriever.add_documents(documents)
         return retriever

@@ -2,7 +2,7 @@
 
 The usual supervisor pattern copies the supervisor's whole history into every worker.
 Here a worker gets a child `ContextScope` of the supervisor's scope: its prompt holds the
-context assembled for its request under `budget` tokens (not a copy), its messages are
+context assembled for its request under `max_tokens` tokens (not a copy), its messages are
 written to its own scope, and what it produced comes back to the parent as a
 `ScopeDiff`, merged (by default) when the call ends::
 
@@ -12,16 +12,18 @@ written to its own scope, and what it produced comes back to the parent as a
 
     memory = ContextScope.root(tenant="acme")          # the supervisor's scope
     researcher = ScopedSubagent(create_agent(model, tools=[search]), parent=memory,
-                                name="researcher", budget=1500)
+                                name="researcher", max_tokens=1500)
     supervisor = create_agent(model, tools=[researcher.as_tool(description="Looks things up.")])
     supervisor.invoke({"messages": [("user", "...")]})
-    researcher.last.diff, researcher.last.prompt_tokens   # what came back, what it cost
+    result = researcher.invoke("Who launches first?")   # a SubagentResult: its own, never shared
+    result.diff, result.prompt_tokens                    # what came back, what it cost
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +37,7 @@ except ImportError as exc:  # pragma: no cover
 
 from tiered_context.core.assembler import AssembledContext
 from tiered_context.core.scope import ContextScope, MergeResult, OnConflict, ScopeDiff
-from tiered_context.errors import positive_int
+from tiered_context.errors import ConfigError, positive_int
 
 __all__ = ["ScopedSubagent", "SubagentResult"]
 
@@ -50,7 +52,7 @@ class SubagentResult:
     scope: str
     diff: ScopeDiff
     merge: MergeResult | None
-    prompt_tokens: int  # tokens of the context the sub-agent was given (<= budget)
+    prompt_tokens: int  # tokens of the context the sub-agent was given (<= max_tokens)
     assembled: AssembledContext
     messages: tuple[BaseMessage, ...]
 
@@ -66,11 +68,13 @@ class ScopedSubagent:
     """Runs a LangGraph agent (e.g. `create_agent(...)`) in a fresh child scope per call.
 
     Each call: fork ``"<name>-<n>"`` from `parent` (task = the request), assemble the
-    parent's shared context for the request under `budget`, invoke the agent with that
+    parent's shared context for the request under `max_tokens`, invoke the agent with that
     context as a system message and the request as the user message, write the agent's
     new messages (answers, tool calls, tool results) into the child scope, and take its
     `diff()`; with ``merge=True`` the diff is merged into `parent` (`on_conflict` as
-    `ContextScope.merge`). `last` holds the `SubagentResult` of the latest call.
+    `ContextScope.merge`). `invoke` returns that call's `SubagentResult`; `last` is a
+    read-only debugging aid (the latest call, whichever thread made it).
+    ``budget=`` is the deprecated name of ``max_tokens`` (removed in the next release).
     """
 
     def __init__(
@@ -80,23 +84,31 @@ class ScopedSubagent:
         parent: ContextScope,
         name: str,
         task: str = "",
-        budget: int = 1000,
+        max_tokens: int | None = None,
         merge: bool = True,
         on_conflict: OnConflict | str = OnConflict.RAISE,
+        budget: int | None = None,
     ) -> None:
         if not hasattr(agent, "invoke"):
             raise TypeError("agent must be a LangGraph graph or runnable with invoke(); pass create_agent(...)")
+        if budget is not None:
+            if max_tokens is not None:
+                raise ConfigError("pass max_tokens= only (budget= is its deprecated name)")
+            warnings.warn("ScopedSubagent(budget=) is deprecated; use max_tokens= (the name everywhere in the "
+                          "LangChain adapters); budget= will be removed in the next release",
+                          DeprecationWarning, stacklevel=2)
+            max_tokens = budget
         self.agent, self.parent, self.name, self.task = agent, parent, name, task
-        self.budget = positive_int("budget", budget)
+        self.max_tokens = positive_int("max_tokens", 1000 if max_tokens is None else max_tokens)
         self.merge, self.on_conflict = merge, OnConflict(on_conflict)
-        self.last: SubagentResult | None = None
+        self._last: SubagentResult | None = None
         self._calls = itertools.count(1)
         self._lock = threading.Lock()
 
     def _prepare(self, request: str) -> tuple[ContextScope, AssembledContext, list[BaseMessage]]:
         with self._lock:
             scope = self.parent.fork(f"{self.name}-{next(self._calls)}", task=self.task or request)
-        context = scope.assemble(request, budget=self.budget)
+        context = scope.assemble(request, budget=self.max_tokens)
         messages: list[BaseMessage] = [HumanMessage(request)]
         if context.items:
             messages.insert(0, SystemMessage(CONTEXT_HEADER + context.text))
@@ -118,8 +130,19 @@ class ScopedSubagent:
         merged = self.parent.merge(diff, on_conflict=self.on_conflict) if self.merge and diff else None
         result = SubagentResult(output=answer, scope=scope.name, diff=diff, merge=merged, prompt_tokens=context.tokens,
                                 assembled=context, messages=tuple(produced))
-        self.last = result
+        self._last = result
         return result
+
+    @property
+    def last(self) -> SubagentResult | None:
+        """The latest call's result (read-only debugging aid; `invoke` returns each call's own)."""
+        return self._last
+
+    @property
+    def budget(self) -> int:
+        """Deprecated name of `max_tokens`."""
+        warnings.warn("ScopedSubagent.budget is deprecated; use max_tokens", DeprecationWarning, stacklevel=2)
+        return self.max_tokens
 
     def invoke(self, request: str, config: Any = None) -> SubagentResult:
         """Run the sub-agent on `request` in a new child scope (see the class docstring)."""
@@ -150,5 +173,5 @@ class ScopedSubagent:
         )
 
     def __repr__(self) -> str:
-        return (f"ScopedSubagent({self.name!r}, parent={self.parent.name!r}, budget={self.budget}, "
+        return (f"ScopedSubagent({self.name!r}, parent={self.parent.name!r}, max_tokens={self.max_tokens}, "
                 f"merge={self.merge}, on_conflict={self.on_conflict.value!r})")
