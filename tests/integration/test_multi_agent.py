@@ -33,7 +33,7 @@ def test_langgraph_subagent_gets_a_child_scope_and_hands_back_a_diff() -> None:
 
     root = _long_history()
     worker_model = RecordingChatModel(responses=["The launch is on 3 May; book the riverside venue."])
-    worker = ScopedSubagent(create_agent(worker_model, tools=[]), parent=root, name="researcher", budget=300)
+    worker = ScopedSubagent(create_agent(worker_model, tools=[]), parent=root, name="researcher", max_tokens=300)
     call = {"name": "researcher", "args": {"request": "When is the Lisbon launch?"}, "id": "c1", "type": "tool_call"}
     boss_model = RecordingChatModel(responses=[AIMessage(content="", tool_calls=[call]), "It is on 3 May."])
     supervisor = create_agent(boss_model, tools=[worker.as_tool(description="Finds facts in the shared memory.")])
