@@ -36,6 +36,24 @@ class AssemblyReport:
     #: Empty in a healthy memory; the first time an item is skipped it is logged at warning.
     skipped: dict[str, str] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        """One line; `details()` gives every field."""
+        tiers = ", ".join(f"{t}={n}" for t, n in self.tokens_per_tier.items() if n)
+        extra = f", skipped={len(self.skipped)}" if self.skipped else ""
+        extra += f", events={len(self.events)}" if self.events else ""
+        return (f"AssemblyReport({self.tokens}/{self.budget} tok [{tiers}], candidates={self.candidates}, "
+                f"dropped={self.dropped}, compression={self.compression_ratio:.2f}x, {self.seconds * 1000:.1f} ms{extra})")
+
+    def details(self) -> dict[str, Any]:
+        """Every field as plain data (scores materialised): for logs, traces and debugging."""
+        return {
+            "budget": self.budget, "tokens": self.tokens, "tokens_per_tier": dict(self.tokens_per_tier),
+            "candidates": self.candidates, "dropped": self.dropped, "compression_ratio": self.compression_ratio,
+            "seconds": self.seconds, "scores": {k: dict(v) for k, v in self.scores.items()},
+            "provenance": dict(self.provenance), "events": [repr(e) for e in self.events],
+            "fact_checks": dict(self.fact_checks), "skipped": dict(self.skipped),
+        }
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AssembledContext:
