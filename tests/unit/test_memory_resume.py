@@ -31,9 +31,10 @@ def message(i: int) -> str:
     return f"Message {i}: the team discussed the quarterly roadmap and the Lisbon office budget of {i * 100} euros."
 
 
-def open_ctx(compaction: str, *, path=None, store=None) -> TieredContext:
+def open_ctx(compaction: str, *, path=None, store=None, store_kind=None) -> TieredContext:
     embedder = HashEmbedder()
-    return TieredContext(session_id="s", path=path, store=store, embedder=embedder, compaction=compaction,
+    return TieredContext(session_id="s", path=path, store=store, store_kind=store_kind, embedder=embedder,
+                         compaction=compaction,
                          budget=Budget(max_tokens=100), summarizer=Counting(embedder=embedder),
                          summary=SummaryConfig(min_batch_tokens=64))
 
@@ -52,12 +53,12 @@ def fill(ctx: TieredContext, start: int, stop: int) -> None:
 
 
 @pytest.mark.parametrize("compaction", ["inline", "background"])
-@pytest.mark.parametrize("kind", ["qdrant-or-journal", "journal"])
+@pytest.mark.parametrize("kind", ["qdrant", "journal"])
 def test_reopen_assembles_exactly_what_it_did_before_close(tmp_path, compaction: str, kind: str) -> None:
     def reopen() -> TieredContext:
         if kind == "journal":
             return open_ctx(compaction, store=LocalColdStore(tmp_path))
-        return open_ctx(compaction, path=tmp_path)
+        return open_ctx(compaction, path=tmp_path, store_kind="qdrant")
 
     ctx = reopen()
     fill(ctx, 0, 150)

@@ -117,7 +117,7 @@ def test_the_store_kind_is_recorded_and_never_changes(tmp_path) -> None:
     config = MemoryConfig(path=tmp_path, embedder=HashEmbedder(), store_kind="journal")
     TieredContext(config=config).close()
     assert json.loads((tmp_path / "memory.json").read_text())["store"] == "journal"
-    auto = TieredContext(path=tmp_path, embedder=HashEmbedder())  # "auto" reads what was recorded
+    auto = TieredContext(path=tmp_path, embedder=HashEmbedder())  # unset: what the directory recorded
     assert type(auto.store).__name__ == "LocalColdStore"
     auto.close()
     with pytest.raises(ConfigError, match="journal"):

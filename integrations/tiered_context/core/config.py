@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from enum import Enum
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from tiered_context.core.scoring import ScoringConfig
 from tiered_context.core.store import ColdStore, LocalColdStore
 from tiered_context.core.summarize import ExtractiveSummarizer, Summarizer, SummaryConfig
 from tiered_context.core.tokens import TokenCounter
-from tiered_context.errors import ConfigError
+from tiered_context.errors import ConfigError, DependencyError
 
 __all__ = ["MemoryConfig"]
 
@@ -48,15 +49,14 @@ class MemoryConfig:
 
     `path` or `store` (not both) says where the archive lives: neither, in memory;
     `path`, a directory on disk whose store kind (`store_kind`: ``"journal"``, the JSONL
-    journal in the core, or ``"qdrant"``, embedded Qdrant from the `[qdrant]` extra;
-    ``"auto"`` picks Qdrant when installed) is recorded in ``memory.json`` when the
-    directory is created and read back ever after, so installing a package never changes
-    the format of an existing memory.
+    journal in the core, the default, or ``"qdrant"``, embedded Qdrant from the `[qdrant]`
+    extra) is recorded in ``memory.json`` when the directory is created and read back ever
+    after: a memory never changes format because a package was installed.
     """
 
     path: Path | None = None
     store: ColdStore | None = None
-    store_kind: StoreKind = StoreKind.AUTO
+    store_kind: StoreKind | None = None  # None: what the directory recorded, else journal
     budget: Budget = Budget()
     counter: TokenCounter | None = None
     embedder: Embedder | None = None
@@ -78,6 +78,8 @@ class MemoryConfig:
             object.__setattr__(self, "budget", Budget(max_tokens=budget))
         for name, enum in (("compaction", Compaction), ("compression", Compression), ("store_kind", StoreKind)):
             value = getattr(self, name)
+            if value is None and name == "store_kind":
+                continue
             try:
                 object.__setattr__(self, name, enum(value))
             except ValueError:
@@ -134,28 +136,34 @@ class MemoryConfig:
 
 
 
-def _open_store(path: Path | None, kind: StoreKind) -> ColdStore:
-    """The store of a memory directory, of the kind recorded in it (new: `kind`)."""
+def _open_store(path: Path | None, kind: StoreKind | None) -> ColdStore:
+    """The store of a memory directory, of the kind recorded in it (a new one: `kind`,
+    default journal), and the record written when it was missing."""
     if path is None:
         return LocalColdStore()
     layout = read_json(path / LAYOUT_FILE, what="memory layout record") or {}
     recorded = layout.get("store")
-    if recorded not in {k.value for k in StoreKind if k is not StoreKind.AUTO}:
+    if recorded not in {k.value for k in StoreKind}:
         recorded = _infer_kind(path)  # made before the record existed, or the record was damaged
-    if recorded is not None and kind not in (StoreKind.AUTO, StoreKind(recorded)):
-        raise ConfigError(f"{path} holds a {recorded!r} memory; open it with store_kind={recorded!r} (or 'auto')")
-    chosen = StoreKind(recorded) if recorded else kind
-    if chosen is StoreKind.AUTO:
-        chosen = StoreKind.QDRANT if _qdrant_installed() else StoreKind.JOURNAL
-    if chosen is StoreKind.QDRANT:
-        from tiered_context.qdrant import QdrantColdStore  # the one optional backend the core can name
-
-        store: ColdStore = QdrantColdStore(path=path / "qdrant")
-    else:
-        store = LocalColdStore(path)
+    if recorded is not None and kind is not None and kind is not StoreKind(recorded):
+        raise ConfigError(f"{path} holds a {recorded!r} memory; open it with store_kind={recorded!r} (or leave it unset)")
+    chosen = StoreKind(recorded) if recorded else (kind or StoreKind.JOURNAL)
+    store = LocalColdStore(path) if chosen is StoreKind.JOURNAL else _plugin(chosen)(path)
     if layout.get("store") != chosen.value:
         write_json_atomic(path / LAYOUT_FILE, {"format": 1, "store": chosen.value})
     return store
+
+
+def _plugin(kind: StoreKind) -> Callable[[Path], ColdStore]:
+    """The factory a package registered for `kind` (entry point group ``tiered_context.stores``)."""
+    found = [e for e in entry_points(group="tiered_context.stores") if e.name == kind.value]
+    if not found:
+        raise DependencyError(f"store_kind={kind.value!r} needs its extra: pip install \"tiered-context[{kind.value}]\"")
+    try:
+        return found[0].load()
+    except ImportError as exc:
+        raise DependencyError(f"store_kind={kind.value!r} needs its extra: pip install \"tiered-context[{kind.value}]\" "
+                              f"({exc})") from exc
 
 
 def _infer_kind(path: Path) -> str | None:
@@ -164,10 +172,3 @@ def _infer_kind(path: Path) -> str | None:
     if (path / "qdrant").exists():
         return StoreKind.QDRANT.value
     return None
-
-
-def _qdrant_installed() -> bool:
-    from importlib.util import find_spec
-
-    return find_spec("qdrant_edge") is not None or find_spec("qdrant_client") is not None
-

@@ -30,12 +30,13 @@ class Compression(str, Enum):
 
 
 class StoreKind(str, Enum):
-    """The archive of a memory directory (`path=`): recorded in the directory at creation.
+    """The archive of a memory directory (`path=`), chosen explicitly and recorded in the
+    directory when it is created, so installing a package never changes a memory's format.
 
-    ``journal``: the core's JSONL journal (`LocalColdStore`). ``qdrant``: embedded Qdrant
-    (the `[qdrant]` extra). ``auto``: Qdrant when installed, else the journal.
+    ``journal`` (default): the core's JSONL journal (`LocalColdStore`). ``qdrant``:
+    embedded Qdrant (the `[qdrant]` extra; found through the ``tiered_context.stores``
+    entry point, so the core imports no backend).
     """
 
-    AUTO = "auto"
     JOURNAL = "journal"
     QDRANT = "qdrant"

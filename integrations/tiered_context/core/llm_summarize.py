@@ -144,22 +144,16 @@ class LLMSummarizer:
 
 
 def _adapt(llm: Any) -> tuple[Callable[[str], str], Callable[[str], Any], str]:
-    """(sync call, async call, kind) for a LlamaIndex LLM, a LangChain model or a callable.
-    Each framework is imported only to recognise its own objects."""
-    try:
-        from llama_index.core.llms import LLM as LlamaLLM
-    except ImportError:
-        LlamaLLM = None  # noqa: N806
-    if LlamaLLM is not None and isinstance(llm, LlamaLLM):
+    """(sync call, async call, kind) for a model, recognised by its shape, never by
+    importing a framework: ``complete``/``acomplete`` returning an object with ``.text``
+    (a LlamaIndex LLM), ``invoke``/``ainvoke`` returning a message or a str (a LangChain
+    chat model or LLM), or a plain callable ``prompt -> text``."""
+    if callable(getattr(llm, "complete", None)) and callable(getattr(llm, "acomplete", None)):
         async def acomplete(prompt: str) -> str:
-            return (await llm.acomplete(prompt)).text
+            return getattr(await llm.acomplete(prompt), "text", None)
 
-        return (lambda prompt: llm.complete(prompt).text), acomplete, "llama_index"
-    try:
-        from langchain_core.language_models import BaseLanguageModel
-    except ImportError:
-        BaseLanguageModel = None  # noqa: N806
-    if BaseLanguageModel is not None and isinstance(llm, BaseLanguageModel):
+        return (lambda prompt: getattr(llm.complete(prompt), "text", None)), acomplete, "llama_index"
+    if callable(getattr(llm, "invoke", None)) and callable(getattr(llm, "ainvoke", None)):
         async def ainvoke(prompt: str) -> str:
             return _content(await llm.ainvoke(prompt))
 

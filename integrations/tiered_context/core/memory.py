@@ -136,7 +136,7 @@ class TieredContext:
         config: MemoryConfig | None = None,
         path: str | Path | None = None,
         store: ColdStore | None = None,
-        store_kind: StoreKind | str = _UNSET,
+        store_kind: StoreKind | str | None = None,
         budget: Budget | int | None = None,
         counter: TokenCounter | None = None,
         embedder: Embedder | None = None,

@@ -14,6 +14,9 @@ Install with ``pip install "tiered-context[qdrant]"``.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 try:
     import qdrant_client  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised without the extra
@@ -25,4 +28,10 @@ from tiered_context.qdrant._engine import SCHEMA_VERSION, Engine, FusionMode
 from tiered_context.qdrant.cache import CacheHit, SemanticCache
 from tiered_context.qdrant.store import QdrantColdStore
 
-__all__ = ["SCHEMA_VERSION", "CacheHit", "Engine", "FusionMode", "QdrantColdStore", "SemanticCache"]
+__all__ = ["SCHEMA_VERSION", "CacheHit", "Engine", "FusionMode", "QdrantColdStore", "SemanticCache", "open_memory_dir"]
+
+
+def open_memory_dir(path: "os.PathLike[str] | str") -> QdrantColdStore:
+    """The store of a memory directory made with ``store_kind="qdrant"``: embedded Qdrant in
+    ``<path>/qdrant`` (registered as the ``tiered_context.stores`` entry point ``qdrant``)."""
+    return QdrantColdStore(path=Path(path) / "qdrant")

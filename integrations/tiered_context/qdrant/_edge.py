@@ -9,6 +9,11 @@ Layout of a store directory::
 Durability: every update goes to the shard's write-ahead log, and the log's files are
 fsynced before `upsert` returns (~0.3 ms), so an acknowledged write survives a killed
 process and a power cut; segments are flushed by `close()`.
+
+A full disk: the engine writes through memory-mapped files, and a write into a mapped
+page the filesystem cannot back kills the process with SIGBUS, not an error. So every
+write first checks the free space (`free_bytes`) against `MIN_FREE_BYTES` plus what the
+write itself takes, and raises `StoreError` below it, before anything is written.
 """
 
 from __future__ import annotations
@@ -35,7 +40,23 @@ from tiered_context.qdrant._engine import (DENSE, SPARSE, CollectionSpec, Fusion
                                            check_meta, dumps_meta)
 from tiered_context.qdrant._tenancy import TENANT_FIELD, Scope, require
 
-__all__ = ["EdgeConnection"]
+__all__ = ["MIN_FREE_BYTES", "EdgeConnection", "free_bytes"]
+
+#: Free space an embedded write must leave on the store's filesystem (it checks for this
+#: plus its own size, counted twice: once in the write-ahead log, once in a segment). The
+#: engine's files are memory-mapped and grow in 32 MiB regions (log segments, payload
+#: and vector pages; sparse, so the disk fills as they are written), and one write may
+#: open a fresh region of the log and of a segment at once: two regions of headroom.
+MIN_FREE_BYTES = 64 * 2**20
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes an unprivileged process can still write on `path`'s filesystem (None: unknown)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 class EdgeConnection:
@@ -116,6 +137,7 @@ class EdgeCollection:
                 if vectors is not None and vectors != spec.dim:
                     raise StoreError(f"{where} holds {vectors}-d vectors, not {spec.dim}-d: use the same embedder")
             else:
+                self._check_space(0)
                 self._shard = qe.EdgeShard.create(str(shard_dir), self._config(spec))
             self._ensure_indexes(spec)
         except StoreError:
@@ -152,6 +174,7 @@ class EdgeCollection:
         wanted += [(f, qe.PayloadSchemaType.Bool) for f in spec.bool_fields]
         for name, schema in wanted:
             if name not in have:
+                self._check_space(0)
                 self._shard.update(qe.UpdateOperation.create_field_index(name, schema))
         self._sync()
 
@@ -161,6 +184,7 @@ class EdgeCollection:
             return
         native = [qe.Point(p.id, self._vectors(p.dense, p.sparse), p.payload) for p in points]
         with self._lock:
+            self._check_space(2 * sum(_size(p) for p in points))  # into the log, then a segment
             self._call(lambda: self._shard.update(qe.UpdateOperation.upsert_points(native)), "write")
             self._sync()
 
@@ -169,12 +193,14 @@ class EdgeCollection:
             return
         native = [qe.PointVectors(pid, {SPARSE: qe.SparseVector(list(i), list(v))}) for pid, (i, v) in updates]
         with self._lock:
+            self._check_space(2 * sum(64 + 8 * len(i) for _, (i, _) in updates))
             self._call(lambda: self._shard.update(qe.UpdateOperation.update_vectors(native)), "write")
             self._sync()
 
     def delete(self, scope: Scope) -> None:
         flt = _filter(scope)
         with self._lock:
+            self._check_space(0)
             self._call(lambda: self._shard.update(qe.UpdateOperation.delete_points_by_filter(flt)), "delete")
             self._sync()
 
@@ -206,6 +232,7 @@ class EdgeCollection:
     def optimize(self) -> bool:
         """Build HNSW / merge segments now (blocks the process while it runs)."""
         with self._lock:
+            self._check_space(_disk_usage(self.folder / "shard" / "segments"))  # merging rewrites segments
             done = bool(self._call(self._shard.optimize, "optimize"))
             self._shard.flush()
             return done
@@ -220,6 +247,17 @@ class EdgeCollection:
                     shard.close()
 
     # -- internals ---------------------------------------------------------------------
+    def _check_space(self, size: int) -> None:
+        """Raise `StoreError` unless the disk has `size` bytes (what the write puts on
+        disk) free beyond the headroom the engine's mapped files need (`MIN_FREE_BYTES`)."""
+        need = MIN_FREE_BYTES + size
+        free = free_bytes(self.folder.parent)
+        if free is not None and free < need:
+            raise StoreError(
+                f"only {free / 2**20:.1f} MiB free on the disk of {self.folder.parent}; an embedded Qdrant write "
+                f"needs {need / 2**20:.0f} MiB free (its memory-mapped files would otherwise crash the process). "
+                "Nothing was written: free disk space, or move path= to a larger disk")
+
     def _request(self, q: Query) -> Any:
         flt = _filter(q.scope)
         params = qe.SearchParams(exact=True) if q.exact else None
@@ -303,6 +341,24 @@ def _filter(scope: Scope) -> Any:
         must.append(qe.FieldCondition(key=key, range=qe.RangeFloat(lte=bound)))
     return qe.Filter(must=must)
 
+
+
+def _size(point: PointData) -> int:
+    """About how many bytes `point` takes once stored: vectors and payload."""
+    sparse = len(point.sparse[0]) if point.sparse else 0
+    return 4 * len(point.dense) + 8 * sparse + len(repr(point.payload))
+
+
+def _disk_usage(folder: Path) -> int:
+    """Bytes the files under `folder` occupy on disk (their sparse holes excluded)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                continue
+    return total
 
 
 def _fsync_file(path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -22,6 +23,8 @@ from tiered_context.qdrant._stats import TenantStats, doc_weights
 from tiered_context.qdrant._tenancy import Scope, point_id, scope
 
 __all__ = ["QdrantColdStore"]
+
+log = logging.getLogger("tiered_context")
 
 
 class QdrantColdStore:
@@ -157,7 +160,11 @@ class QdrantColdStore:
             if stats is not None:
                 stats.add(unit, [dict(zip(*sp)) for sp in sparse], [len(t) for t in toks])
                 if stats.reweight_due():
-                    self._reweight(tenant, stats)
+                    try:
+                        self._reweight(tenant, stats)
+                    except StoreError as exc:  # the batch is stored: `add` must not say otherwise
+                        self._stats.pop(tenant, None)  # maybe half reweighted: rebuilt from Qdrant on next use
+                        log.warning("BM25 reweighting of tenant %r postponed (%s)", tenant, exc)
 
     async def aadd(self, tenant: str, items: Sequence[ContextItem], vectors: np.ndarray) -> None:
         await asyncio.to_thread(self.add, tenant, items, vectors)
