@@ -12,10 +12,13 @@ from tiered_context.core.assembler import AssembledContext, AssemblyReport, Cont
 from tiered_context.core.blocks import BlockKind, ContextBlock, MergeResult, ScopeDiff
 from tiered_context.core.budget import Budget, LadderEvent, LadderLevel, ModelSize
 from tiered_context.core.compress import Compressor, SelfInformationCompressor
+from tiered_context.core.config import MemoryConfig
 from tiered_context.core.embed import Embedder, MiniLMEmbedder, WordLlamaEmbedder
 from tiered_context.core.items import ContextItem, Role, Tier
 from tiered_context.core.facts import Fact, FactCheck, check_facts
+from tiered_context.core.enums import StoreKind
 from tiered_context.core.memory import Compaction, Compression, TieredContext
+from tiered_context.core.namespace import Kind, Namespace
 from tiered_context.core.routing import ScopeRouter
 from tiered_context.core.scope import ContextScope
 from tiered_context.core.scoring import PreferenceModel, Scorer, ScoreParts, ScoringConfig
@@ -67,14 +70,17 @@ __all__ = [
     "FactCheck",
     "Hit",
     "InputError",
+    "Kind",
     "LLMSummarizer",
     "LadderEvent",
     "LadderLevel",
     "LocalColdStore",
+    "MemoryConfig",
     "MergeConflict",
     "MergeResult",
     "MiniLMEmbedder",
     "ModelSize",
+    "Namespace",
     "PreferenceModel",
     "Role",
     "ScopeDiff",
@@ -84,6 +90,7 @@ __all__ = [
     "Scorer",
     "ScoringConfig",
     "SelfInformationCompressor",
+    "StoreKind",
     "StoreError",
     "Summarizer",
     "SummaryConfig",
