@@ -122,3 +122,119 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data not found at {path}")
     return path
+
+
+# -- PostgreSQL with pgvector, on this machine only (a Unix socket, no TCP) ---------------------
+class PostgresServer:
+    """A PostgreSQL 16 + pgvector server started for the test session.
+
+    ``uri(database)`` is a libpq URI on the server's Unix socket; ``create_database()`` makes
+    an empty database (each test gets its own), ``drop_database(name)`` removes it.
+    """
+
+    def __init__(self, socket_dir: str, stop: Any) -> None:
+        self.socket_dir, self._stop = socket_dir, stop
+
+    def uri(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@/{database}?host={self.socket_dir}"
+
+    def create_database(self) -> str:
+        import uuid
+
+        import psycopg
+
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.uri(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return name
+
+    def drop_database(self, name: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.uri(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def stop(self) -> None:
+        self._stop()
+
+
+def _start_pgserver(pgdata: Path) -> PostgresServer | None:
+    """PostgreSQL 16 with pgvector from the `pgserver` wheel (the test extra installs it)."""
+    try:
+        import pgserver
+    except ImportError:
+        return None
+    pgdata.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    uri = server.get_uri()
+    socket_dir = uri.split("host=", 1)[1].split("&", 1)[0]
+    return PostgresServer(socket_dir, server.cleanup)
+
+
+def _start_debian_postgres(pgdata: Path) -> PostgresServer | None:
+    """The fallback: Debian's ``postgresql`` and ``postgresql-NN-pgvector`` packages."""
+    import glob
+    import shutil
+    import subprocess
+
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    if not bins:
+        return None
+    bindir = Path(bins[-1]).parent
+    version = bindir.parent.name
+    if not Path(f"/usr/share/postgresql/{version}/extension/vector.control").exists():
+        return None
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        run_as = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(pgdata, "postgres", "postgres")
+    data, sock = pgdata / "data", pgdata / "sock"
+    sock.mkdir(exist_ok=True)
+    if run_as:
+        shutil.chown(sock, "postgres", "postgres")
+    subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True)
+    subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(pgdata / "log"),
+                    "-o", f"-h '' -k {sock}", "start"], check=True, capture_output=True)
+
+    def stop() -> None:
+        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-m", "fast", "stop"],
+                       capture_output=True)
+
+    return PostgresServer(str(sock), stop)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL 16 with pgvector for the session (pgserver, else Debian's), on a
+    Unix socket only; skips the test when neither is installed."""
+    pytest.importorskip("psycopg", reason="the Postgres tests need psycopg: pip install 'tiered-context[postgres]'")
+    import shutil
+    import tempfile
+
+    # not under pytest's 0700 tmp root: the server runs as its own system user when we are root
+    base = Path(tempfile.mkdtemp(prefix="tc-pg-"))
+    try:
+        server = _start_pgserver(base / "pgdata") or _start_debian_postgres(base)
+        if server is None:
+            why = ("no PostgreSQL with pgvector here: pip install pgserver (in tiered-context[test]), "
+                   "or apt-get install postgresql postgresql-17-pgvector")
+            if os.environ.get("CI"):
+                pytest.fail(why + " (CI must run the Postgres tests)")
+            pytest.skip(why)
+        try:
+            yield server
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_uri(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URI of a fresh, empty database on the session's PostgreSQL (dropped afterwards)."""
+    name = postgres_server.create_database()
+    try:
+        yield postgres_server.uri(name)
+    finally:
+        postgres_server.drop_database(name)

@@ -288,16 +288,18 @@ def test_poisoned_records_in_the_store_are_skipped_and_reported(caplog: pytest.L
 
 def test_poisoned_records_in_a_reopened_archive_do_not_break_assemble(tmp_path) -> None:
     path = tmp_path / "archive"
-    ctx = TieredContext(session_id="s", embedder=HashEmbedder(), store=LocalColdStore(path), compaction="inline")
+    first = LocalColdStore(path)
+    ctx = TieredContext(session_id="s", embedder=HashEmbedder(), store=first, compaction="inline")
     good = ctx.put("We moved the Lisbon launch to 3 May.", timestamp=T0)
     tenant = _tenant(ctx)
     ctx.close()
+    first.close()  # a store passed in is the caller's to close
     store = LocalColdStore(path)  # as the previous release wrote them: at the next sequence numbers
     store.add(tenant, [p.evolve(seq=1 + n) for n, p in enumerate(_poison()[:2])],
               normalize(HashEmbedder().embed(["Lisbon launch"] * 2)))
     store.close()
 
-    reopened = TieredContext(session_id="s", embedder=HashEmbedder(), store=LocalColdStore(path), compaction="inline")
+    reopened = TieredContext(session_id="s", embedder=HashEmbedder(), path=path, compaction="inline")
     out = reopened.assemble("Lisbon launch", budget=500)
     assert good.id in {i.id for i in out.items}
     assert set(out.report.skipped) == {"old-tools", "old-speaker"}

@@ -56,9 +56,7 @@ def fill(ctx: TieredContext, start: int, stop: int) -> None:
 @pytest.mark.parametrize("kind", ["qdrant", "journal"])
 def test_reopen_assembles_exactly_what_it_did_before_close(tmp_path, compaction: str, kind: str) -> None:
     def reopen() -> TieredContext:
-        if kind == "journal":
-            return open_ctx(compaction, store=LocalColdStore(tmp_path))
-        return open_ctx(compaction, path=tmp_path, store_kind="qdrant")
+        return open_ctx(compaction, path=tmp_path, store_kind=kind)
 
     ctx = reopen()
     fill(ctx, 0, 150)

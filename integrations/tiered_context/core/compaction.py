@@ -42,6 +42,7 @@ from tiered_context.core.enums import Compaction, Compression
 from tiered_context.core.facts import check_facts
 from tiered_context.core.items import ContextItem, Tier
 from tiered_context.core.namespace import Kind, Namespace
+from tiered_context.errors import DuplicateItemError
 from tiered_context.core.summarize import SummaryError, SummaryRejected, summary_id
 
 __all__ = ["Compaction", "Compression", "Ladder", "LadderView", "PREPARE_BATCH", "RETRY_AFTER_ITEMS"]
@@ -437,11 +438,16 @@ class Ladder:
         return [found[i] for i in ids if i in found]
 
     def _store_summary(self, summary: ContextItem) -> ContextItem:
-        """Archive `summary` with its vector (the archived one wins if it exists)."""
+        """Archive `summary` with its vector. Its id derives from the span it covers, so the
+        span is summarized once: the archived one wins, also when another worker archived
+        a different text for the same span a moment ago."""
         existing = self._stored_summaries([summary.id])
         if existing:
             return existing[0]
-        self.config.store.add(self._summary_keys[0], [summary], normalize(self.config.embedder.embed([summary.text])))
+        try:
+            self.config.store.add(self._summary_keys[0], [summary], normalize(self.config.embedder.embed([summary.text])))
+        except DuplicateItemError:
+            return self._stored_summaries([summary.id])[0]
         return summary
 
     def _archive(self, summary: ContextItem, previous: ContextItem | None) -> ContextItem:

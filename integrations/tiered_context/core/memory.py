@@ -159,7 +159,7 @@ class TieredContext:
         if store is not None and path is not None:
             raise ConfigError("pass either path= (the default store on disk) or store=, not both")
         base = config if config is not None else MemoryConfig(**settings)
-        self._owns_store = True  # closed with the memory; siblings share it and leave it open
+        self._owns_store = base.store is None  # a store this memory opened is closed with it; one handed in is not
         self.config: MemoryConfig = base.resolve()
         self.path = self.config.path
         self.user_id = user_id
@@ -215,7 +215,7 @@ class TieredContext:
             tenant=ns.tenant if tenant is _UNSET else tenant,
             thread_id=ns.thread if thread_id is _UNSET else thread_id,
         )
-        sibling._owns_store = False
+        sibling._owns_store = False  # the store belongs to the memory that opened it
         return sibling
 
     def reset(self) -> int:
@@ -445,7 +445,8 @@ class TieredContext:
 
     def close(self) -> None:
         """Settle and checkpoint (waiting at most the summarizer's timeout), then close the
-        store (a `sibling` shares its store and leaves it open)."""
+        store if this memory opened it (`path=` or the default); a store you pass in, or
+        a `sibling`'s, stays open for whoever else shares it: close it yourself."""
         self._ladder.close()
         if self._owns_store:
             close = getattr(self.store, "close", None)

@@ -1,27 +1,38 @@
 """`GraphStoreColdStore`: the tiered archive (L3) kept in a LangGraph `BaseStore`.
 
 ```python
-from langgraph.store.memory import InMemoryStore     # or PostgresStore, SqliteStore, ...
+from langgraph.store.postgres import PostgresStore    # or InMemoryStore, SqliteStore, ...
 from tiered_context.langchain.middleware import TieredContextMiddleware
 
-store = InMemoryStore()
-agent = create_agent(model, tools, middleware=[TieredContextMiddleware(max_tokens=2000)],
-                     store=store, checkpointer=saver)   # the middleware archives into `store`
+with PostgresStore.from_conn_string(uri) as store:
+    store.setup()
+    agent = create_agent(model, tools, middleware=[TieredContextMiddleware(max_tokens=2000)],
+                         store=store, checkpointer=saver)   # the middleware archives into `store`
 ```
 
-What the store holds: every record of the archive, one key per item, under the
-namespace ``(prefix, <tenant>)``: the thread's original messages, their compressed (L2)
-forms, and under ``(prefix, <tenant>#summaries)`` the progressive summaries. Each value
-is ``{"item": {...}, "vec": "<base64 float32>"}`` (written with ``index=False``: the
-store's own embedding index is not used; search runs in process). The graph state
-(checkpointer) keeps the messages; the store keeps what was *derived* from them, so a
-thread resumed by another process with the same store replays its summaries instead of
-re-summarizing (and re-asking an LLM summarizer); see `TieredContextMiddleware` for the
-compaction-mode caveat.
+**On a LangGraph ``PostgresStore`` (or ``AsyncPostgresStore``)** the archive is a
+`tiered_context.postgres.PostgresColdStore` in the same database: its own tables next to
+the store's (created on first use), on the store's own connection or pool (an async store:
+a small pool of its own to the same database). Search runs in Postgres (the core's BM25 over
+an inverted-index table, pgvector for cosine, the statistics of both over the whole tenant),
+nothing of a tenant is loaded into a worker, and any number of worker processes share one
+memory coherently: a record one worker acknowledged is seen by every other at once,
+`next_seqs` never issues a sequence number twice, `watermark` / `since` tell a worker what
+it has not seen. The space of the tables is `prefix`; tenants are exact keys.
 
-Reads are served by an in-process `LocalColdStore` (exact BM25 + cosine), filled from
-the store the first time a tenant is touched; writes go to the `BaseStore` first, then
-to the index, so an acknowledged item is durable as far as the store is.
+**On any other `BaseStore`** every record lives under the namespace ``(prefix,
+<tenant>)``: the thread's original messages, their compressed (L2) forms, and under
+``(prefix, <tenant>#summaries)`` the progressive summaries. Each value is ``{"item":
+{...}, "vec": "<base64 float32>"}`` (written with ``index=False``). Reads are served by an
+in-process `LocalColdStore` filled from the store the first time a tenant is touched;
+writes go to the `BaseStore` first, then to the index, so an acknowledged item is durable
+as far as the store is. That index does not see writes made by other processes, so these
+stores serve one process at a time (resuming in a new process is fine).
+
+Either way the graph state (checkpointer) keeps the messages; the store keeps what was
+*derived* from them, so a thread resumed by another process with the same store replays
+its summaries instead of re-summarizing (and re-asking an LLM summarizer); see
+`TieredContextMiddleware` for the compaction-mode caveat.
 """
 
 from __future__ import annotations
@@ -54,14 +65,45 @@ def _label(tenant: str) -> str:
     return tenant.replace("%", "%25").replace(".", "%2E")
 
 
+def _postgres_backend(store: BaseStore, prefix: str) -> Any:
+    """A `PostgresColdStore` on a LangGraph Postgres store's database, or None for any other store."""
+    kind = type(store).__name__
+    module = type(store).__module__
+    if not module.startswith("langgraph.store.postgres") or kind not in {"PostgresStore", "AsyncPostgresStore"}:
+        return None
+    try:
+        from tiered_context.postgres import PostgresColdStore
+    except ImportError as exc:
+        raise missing_extra("psycopg", "postgres") from exc
+    if kind == "PostgresStore":
+        if getattr(store, "pipe", None) is not None:
+            raise StoreError("this PostgresStore runs in pipeline mode, which cannot share its connection; pass "
+                             "store=PostgresColdStore(conninfo) to TieredContextMiddleware instead")
+        return PostgresColdStore(connection=store.conn, lock=store.lock, space=prefix)
+    return PostgresColdStore(_conninfo(store.conn), space=prefix)  # async: a small sync pool of our own
+
+
+def _conninfo(conn: Any) -> str:
+    """The connection string of an async psycopg connection or pool (password included)."""
+    from psycopg.conninfo import make_conninfo
+
+    if hasattr(conn, "conninfo"):  # AsyncConnectionPool
+        return make_conninfo(conn.conninfo, **{k: v for k, v in (conn.kwargs or {}).items()
+                                               if k in {"password", "user", "dbname", "host", "port"}})
+    info = conn.info
+    return make_conninfo(info.dsn, **({"password": info.password} if info.password else {}))
+
+
 class GraphStoreColdStore:
     """A `ColdStore` whose records live in a LangGraph `BaseStore` (any backend).
 
     Setup: ``GraphStoreColdStore(store)``; `TieredContextMiddleware` builds one itself
     from ``runtime.store`` when the agent has a store and the middleware got neither
-    ``path=`` nor ``store=``. Use: as any `ColdStore` (``TieredContext(store=...)``).
-    Result: tenants are namespaces ``(prefix, tenant)``, so one tenant's reads never see
-    another's records, and everything written survives as long as the store does.
+    ``path=`` nor ``store=``. Use: as any `ColdStore` (``TieredContext(store=...)``), plus
+    ``next_seqs(tenant, n)``, ``watermark(tenant)`` and ``since(tenant, pos)`` for workers
+    that share it. Result: one tenant's reads never see another's records, everything
+    written survives as long as the store does, and on a ``PostgresStore`` every worker
+    process reads the same memory, served by the database.
     """
 
     def __init__(self, store: BaseStore, *, prefix: str = DEFAULT_PREFIX) -> None:
@@ -70,20 +112,52 @@ class GraphStoreColdStore:
         if not prefix or "." in prefix or prefix == "langgraph":
             raise StoreError(f"prefix must be a non-empty namespace label without '.', other than 'langgraph' (got {prefix!r})")
         self.store, self.prefix = store, prefix
+        #: the `PostgresColdStore` serving a LangGraph Postgres store, else None (in-process index)
+        self.postgres = _postgres_backend(store, prefix)
         self._index = LocalColdStore()
         self._loaded: set[str] = set()
+        self._next: dict[str, int] = {}
         self._lock = threading.RLock()
 
     def namespace(self, tenant: str) -> tuple[str, str]:
-        """The `BaseStore` namespace that holds `tenant`'s records."""
+        """The `BaseStore` namespace that holds `tenant`'s records (non-Postgres stores)."""
         if not tenant:
             raise StoreError("tenant must be a non-empty string (the session / user scope)")
         return (self.prefix, _label(tenant))
+
+    # -- coherence -----------------------------------------------------------------------
+    def next_seqs(self, tenant: str, n: int) -> range:
+        """`n` fresh sequence numbers for `tenant` (never issued twice; across processes on Postgres)."""
+        if self.postgres is not None:
+            return self.postgres.next_seqs(tenant, n)
+        self._load(tenant)
+        with self._lock:
+            start = max(self._next.get(tenant, 0), max((i.seq + 1 for i in self._index.items(tenant)
+                                                        if not i.is_derived and i.seq >= 0), default=0))
+            self._next[tenant] = start + n
+        return range(start, start + n)
+
+    def watermark(self, tenant: str) -> int:
+        """How many records `tenant`'s log holds (unchanged means nothing new)."""
+        if self.postgres is not None:
+            return self.postgres.watermark(tenant)
+        self._load(tenant)
+        return self._index.count(tenant, originals_only=False)
+
+    def since(self, tenant: str, watermark: int, *, limit: int | None = None) -> list[ContextItem]:
+        """The records after log position `watermark`, in the order they were acknowledged."""
+        if self.postgres is not None:
+            return self.postgres.since(tenant, watermark, limit=limit)
+        self._load(tenant)
+        tail = self._index.items(tenant)[max(int(watermark), 0):]
+        return tail if limit is None else tail[:limit]
 
     # -- writes ------------------------------------------------------------------
     def add(self, tenant: str, items: Sequence[ContextItem], vectors: np.ndarray) -> None:
         """Archive `items` with their unit vectors: into the `BaseStore`, then the index.
         Same contract as `LocalColdStore.add` (idempotent; a conflicting id raises)."""
+        if self.postgres is not None:
+            return self.postgres.add(tenant, items, vectors)
         fresh = self._fresh(tenant, items, vectors)
         if fresh:
             ns = self.namespace(tenant)
@@ -91,6 +165,8 @@ class GraphStoreColdStore:
             self._index.add(tenant, [i for i, _ in fresh], np.stack([v for _, v in fresh]))
 
     async def aadd(self, tenant: str, items: Sequence[ContextItem], vectors: np.ndarray) -> None:
+        if self.postgres is not None:
+            return await self.postgres.aadd(tenant, items, vectors)
         fresh = self._fresh(tenant, items, vectors)
         if fresh:
             ns = self.namespace(tenant)
@@ -118,36 +194,55 @@ class GraphStoreColdStore:
 
     # -- reads -------------------------------------------------------------------
     def get(self, tenant: str, ids: Iterable[str]) -> list[ContextItem]:
+        if self.postgres is not None:
+            return self.postgres.get(tenant, ids)
         self._load(tenant)
         return self._index.get(tenant, ids)
 
     def get_by_seq(self, tenant: str, seqs: Iterable[int]) -> list[ContextItem]:
+        if self.postgres is not None:
+            return self.postgres.get_by_seq(tenant, seqs)
         self._load(tenant)
         return self._index.get_by_seq(tenant, seqs)
 
     def items(self, tenant: str) -> list[ContextItem]:
+        if self.postgres is not None:
+            return self.postgres.items(tenant)
         self._load(tenant)
         return self._index.items(tenant)
 
     def count(self, tenant: str, *, originals_only: bool = True) -> int:
+        if self.postgres is not None:
+            return self.postgres.count(tenant, originals_only=originals_only)
         self._load(tenant)
         return self._index.count(tenant, originals_only=originals_only)
 
     def search(self, tenant: str, query: str, vector: np.ndarray, *, limit: int) -> SearchResult:
+        if self.postgres is not None:
+            return self.postgres.search(tenant, query, vector, limit=limit)
         self._load(tenant)
         return self._index.search(tenant, query, vector, limit=limit)
 
     async def asearch(self, tenant: str, query: str, vector: np.ndarray, *, limit: int) -> SearchResult:
+        if self.postgres is not None:
+            return await self.postgres.asearch(tenant, query, vector, limit=limit)
         return self.search(tenant, query, vector, limit=limit)
 
     def score(self, tenant: str, query: str, vector: np.ndarray, ids: Iterable[str]) -> dict[str, tuple[float, float]]:
+        if self.postgres is not None:
+            return self.postgres.score(tenant, query, vector, ids)
         self._load(tenant)
         return self._index.score(tenant, query, vector, ids)
 
     def close(self) -> None:
-        """Nothing to release: the `BaseStore` belongs to the graph."""
+        """Release what this object opened (a pool for an async Postgres store); the
+        `BaseStore` itself belongs to the graph."""
+        if self.postgres is not None:
+            self.postgres.close()
 
     def __repr__(self) -> str:
+        if self.postgres is not None:
+            return f"GraphStoreColdStore({type(self.store).__name__}, prefix={self.prefix!r}, {self.postgres!r})"
         return f"GraphStoreColdStore({type(self.store).__name__}, prefix={self.prefix!r}, tenants={len(self._loaded)})"
 
     # -- internals ---------------------------------------------------------------
