@@ -44,7 +44,7 @@ from tqdm import tqdm
 from tiered_context.evals.datasets import Conversation, Turn
 
 __all__ = ["FRAMEWORK_CAPS", "bench_assemble", "bench_compression", "bench_framework_assemble",
-           "bench_framework_ingest", "bench_ingest", "render_bench", "run_bench", "write_bench"]
+           "bench_framework_ingest", "bench_ingest", "bench_long_ingest", "render_bench", "run_bench", "write_bench"]
 
 
 def _embedders() -> dict[str, Callable[[], Any]]:
@@ -83,6 +83,54 @@ def bench_ingest(turns: Sequence[Turn], *, runs: int = 3) -> list[dict[str, Any]
             "seconds_median": round(statistics.median(times), 3), "seconds_all": [round(t, 3) for t in times],
             "turns_per_s": round(len(turns) / statistics.median(times), 1),
         })
+    return rows
+
+
+def _long_history(conversations: Sequence[Conversation], tokens: int) -> list[Turn]:
+    """About `tokens` cl100k tokens of real turns (the conversations' turns cycled, ids made
+    unique): a LongMemEval-sized history when `tokens` is ~115k."""
+    pool = [t for c in conversations for t in c.turns]
+    if not pool:
+        return []
+    sizes = _cl100k().count_many([t.text for t in pool])
+    out: list[Turn] = []
+    total, i = 0, 0
+    while total < tokens:
+        t = pool[i % len(pool)]
+        out.append(Turn(id=f"{i}:{t.id}", speaker=t.speaker, text=t.text, timestamp=1.6e9 + i, session=t.session))
+        total += sizes[i % len(pool)]
+        i += 1
+    return out
+
+
+def bench_long_ingest(turns: Sequence[Turn], *, runs: int = 3) -> list[dict[str, Any]]:
+    """Ingest rate of a long history (default embedder, default configuration): the whole
+    history in one `put_many`, and one `put` per turn, each followed by `flush()` (the
+    compressed forms and the ladder's work included). Tokens per second of wall time and
+    per CPU second of this process (`time.process_time`: what one core delivers)."""
+    from tiered_context import TieredContext
+
+    tokens = sum(_cl100k().count_many([t.text for t in turns]))
+    rows = []
+    for mode in ("put_many", "put"):
+        walls, cpus = [], []
+        for _ in range(runs):
+            ctx = TieredContext(session_id="bench-long")
+            wall, cpu = time.perf_counter(), time.process_time()
+            if mode == "put_many":
+                ctx.put_many([{"content": t.text, "timestamp": t.timestamp, "id": t.id,
+                               "metadata": {"dia_id": t.id, "speaker": t.speaker}} for t in turns])
+            else:
+                for t in turns:
+                    ctx.put(t.text, timestamp=t.timestamp, id=t.id, metadata={"dia_id": t.id, "speaker": t.speaker})
+            ctx.flush()
+            walls.append(time.perf_counter() - wall)
+            cpus.append(time.process_time() - cpu)
+            ctx.close()
+        wall, cpu = statistics.median(walls), statistics.median(cpus)
+        rows.append({"bench": "ingest_long", "mode": mode, "turns": len(turns), "tokens": tokens,
+                     "seconds_median": round(wall, 3), "cpu_seconds_median": round(cpu, 3),
+                     "tokens_per_s": round(tokens / wall), "tokens_per_cpu_s": round(tokens / cpu)})
     return rows
 
 
@@ -337,8 +385,12 @@ def bench_compression(locomo_path: Path, qmsum_path: Path | None = None, *, llml
 def run_bench(locomo: Sequence[Conversation], extra: Sequence[Conversation] = (), *, sizes: Sequence[int] = (1000, 10000),
               ingest_turns: int = 600, progress: bool = True, frameworks: bool = True, framework_queries: int = 20,
               locomo_path: Path | None = None, qmsum_path: Path | None = None,
-              llmlingua: str | None = None) -> list[dict[str, Any]]:
+              llmlingua: str | None = None, long_history: Sequence[Turn] = (),
+              long_tokens: int = 115_000) -> list[dict[str, Any]]:
     """Every benchmark of this module in one run; the rows `write_bench` renders.
+
+    The long-history ingest rows use `long_history` (e.g. one LongMemEval history) or, when
+    none is given, ~`long_tokens` tokens of the given conversations' turns cycled.
 
     `frameworks=False` leaves the LangChain / LlamaIndex rows out. Compression rows need
     the data paths (`locomo_path`, optionally `qmsum_path`), since `bench_compress`
@@ -348,6 +400,7 @@ def run_bench(locomo: Sequence[Conversation], extra: Sequence[Conversation] = ()
     pool = [t for c in (*locomo, *extra) for t in c.turns]
     questions = [q.text for c in locomo for q in c.questions][:200]
     rows = bench_ingest(turns)
+    rows += bench_long_ingest(list(long_history) if long_history else _long_history((*locomo, *extra), long_tokens))
     assemble = bench_assemble(pool, questions, sizes, progress=progress)
     rows += assemble
     if frameworks:
@@ -388,6 +441,15 @@ def render_bench(rows: Sequence[Mapping[str, Any]]) -> str:
             continue
         lines.append(f"| {name} | {r['turns']} | {r['seconds_median']} | {r['turns_per_s']} | "
                      f"{r.get('model_load_s', '')} | {_ratio(r)} |")
+    long = [r for r in rows if r["bench"] == "ingest_long"]
+    if long:
+        lines += ["", f"## Ingest of a long history ({long[0]['turns']} turns, {long[0]['tokens']} cl100k tokens; "
+                  "default embedder, compressed forms and ladder included, then flush)", "",
+                  "| mode | seconds (median) | CPU seconds | tokens/s (wall) | tokens per CPU second |",
+                  "|---|---|---|---|---|"]
+        for r in long:
+            lines.append(f"| {r['mode']} | {r['seconds_median']} | {r['cpu_seconds_median']} | "
+                         f"{r['tokens_per_s']} | {r['tokens_per_cpu_s']} |")
     budget = next((r["budget"] for r in by["assemble"] if "budget" in r), 2000)
     lines += ["", f"## Context for one query, budget {budget} (tiered-context retrieves by the question; "
               "the frameworks keep the most recent messages)", "",

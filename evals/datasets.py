@@ -9,6 +9,8 @@ Supported inputs:
 
 - LoCoMo (`load_locomo`): the `locomo10.json` list of conversations.
 - QMSum (`load_qmsum`): a directory of meeting JSON files.
+- LongMemEval (`load_longmemeval`): the official JSON list of questions (``_s_cleaned``,
+  ``_oracle``, ``_m``, the older ``longmemeval_s.json``), one history per question.
 - Your own data (`load_jsonl`): one conversation per line::
 
       {"id": "support-42",
@@ -49,7 +51,9 @@ __all__ = [
     "limit",
     "load_jsonl",
     "load_locomo",
+    "load_longmemeval",
     "load_qmsum",
+    "split_abstention",
 ]
 
 #: LoCoMo category numbers (as strings) scored for retention, and their names in the
@@ -76,13 +80,19 @@ class Turn:
 
 @dataclass(frozen=True, kw_only=True)
 class Question:
-    """A question about a conversation and the ids of the turns that answer it."""
+    """A question about a conversation and the ids of the turns that answer it.
+
+    `evidence_groups` (LongMemEval): the turn ids of each answer session; the question
+    counts at session level when some turn of every group is in the context.
+    `asked_at`: POSIX seconds of the question (None when the data has no date)."""
 
     id: str
     text: str
     evidence: tuple[str, ...]
     category: str
     answer: str | None
+    evidence_groups: tuple[tuple[str, ...], ...] = ()
+    asked_at: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -266,6 +276,107 @@ def load_qmsum(directory: str | Path) -> list[Conversation]:
         out.append(Conversation(id=file.stem, dataset="qmsum", turns=turns,
                                 questions=questions, speakers=None))
     return out
+
+
+# -- LongMemEval ----------------------------------------------------------------------
+#: Suffix of LongMemEval's abstention question ids (no evidence: the answer is "not said").
+ABSTENTION_SUFFIX = "_abs"
+_LME_DATE = re.compile(r"(\d{4})/(\d{1,2})/(\d{1,2})\s*(?:\([A-Za-z]+\))?\s*(\d{1,2}):(\d{2})")
+
+
+def _parse_lme_time(raw: Any) -> float | None:
+    """POSIX seconds (UTC) of a LongMemEval date like ``"2023/05/30 (Tue) 23:42"``."""
+    m = _LME_DATE.search(str(raw or ""))
+    if not m:
+        return None
+    try:
+        stamp = datetime(*(int(g) for g in m.groups()), tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    return stamp.timestamp()
+
+
+def _lme_question(record: dict[str, Any], index: int) -> Conversation:
+    qid = str(record.get("question_id", f"q{index}"))
+    sessions = record.get("haystack_sessions") or []
+    session_ids = [str(s) for s in (record.get("haystack_session_ids") or range(len(sessions)))]
+    dates = list(record.get("haystack_dates") or [])
+    stamps = [_parse_lme_time(dates[i]) if i < len(dates) else None for i in range(len(sessions))]
+    # the files list sessions out of date order for about half the questions: sort (stable,
+    # undated sessions keep their place after the previous dated one)
+    order, last_key = [], float("-inf")
+    for i, stamp in enumerate(stamps):
+        key = stamp if stamp is not None else last_key
+        order.append((key, i))
+        last_key = key
+    order.sort()
+    turns: list[Turn] = []
+    by_session: dict[str, list[str]] = {}
+    evidence: list[str] = []
+    last = float("-inf")
+    for number, (_, i) in enumerate(order, 1):
+        start = stamps[i]
+        if start is None or start <= last:
+            start = 0.0 if last == float("-inf") else last + 1.0
+        sid = session_ids[i] if i < len(session_ids) else str(i)
+        for j, raw in enumerate(sessions[i] or []):
+            if not isinstance(raw, dict) or not _has_text(raw.get("content")):
+                continue
+            tid = f"{sid}:{j}"
+            turns.append(Turn(id=tid, speaker=str(raw.get("role", "user")), text=raw["content"],
+                              timestamp=start + j, session=number))
+            by_session.setdefault(sid, []).append(tid)
+            if raw.get("has_answer") is True:
+                evidence.append(tid)
+        if turns:
+            last = turns[-1].timestamp
+    groups = tuple(tuple(by_session[s]) for s in dict.fromkeys(str(a) for a in record.get("answer_session_ids") or [])
+                   if by_session.get(s))
+    abstention = qid.endswith(ABSTENTION_SUFFIX)
+    category = str(record.get("question_type", "general"))
+    question = Question(
+        id=qid, text=str(record.get("question", "")),
+        # an abstention question has no evidence turn: its answer sessions stand in, and it
+        # is reported apart (`split_abstention`)
+        evidence=tuple(t for g in groups for t in g) if abstention else tuple(dict.fromkeys(evidence)),
+        category="abstention" if abstention else category,
+        answer=None if record.get("answer") is None else str(record["answer"]),
+        evidence_groups=groups, asked_at=_parse_lme_time(record.get("question_date")),
+    )
+    keep = bool(question.evidence) and bool(question.text.strip())
+    return Conversation(id=qid, dataset="longmemeval", turns=turns, questions=[question] if keep else [],
+                        speakers=("user", "assistant"))
+
+
+def load_longmemeval(path: str | Path) -> list[Conversation]:
+    """Read an official LongMemEval file (a JSON list of questions): one Conversation per
+    question, holding that question's own history.
+
+    Sessions are put in `haystack_dates` order (the files list about half of them out of
+    order), turn *j* of a session is stamped session time + *j* seconds, turn ids are
+    ``"{session_id}:{j}"``, speakers the roles ("user" plays user). Evidence is the turns
+    with ``has_answer: true``; `evidence_groups` the turns of each answer session (the
+    session-level row); category the `question_type`; `asked_at` the `question_date`.
+    Abstention questions (``question_id`` ending in ``_abs``) have no evidence turn: they
+    get category ``"abstention"`` and their answer sessions' turns as evidence, and
+    `split_abstention` sets them apart. A question with no evidence at all is skipped
+    (its Conversation keeps no question).
+    """
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    if isinstance(data, dict):  # a single question
+        data = [data]
+    return [_lme_question(record, i) for i, record in enumerate(data)]
+
+
+def split_abstention(conversations: Iterable[Conversation]) -> tuple[list[Conversation], list[Conversation]]:
+    """(questions with evidence, abstention questions): LongMemEval reports them apart."""
+    kept, abstention = [], []
+    for conv in conversations:
+        if not conv.questions:
+            continue
+        (abstention if conv.questions[0].category == "abstention" else kept).append(conv)
+    return kept, abstention
 
 
 # -- JSONL (your own data) -------------------------------------------------------------

@@ -42,11 +42,15 @@ from tqdm import tqdm
 from tiered_context.evals.datasets import Conversation, Question, category_label
 from tiered_context.evals.strategies import STRATEGIES, Strategy, counter
 
-__all__ = ["Assembly", "BudgetViolation", "ROW_KEYS", "bootstrap_ci", "fan_out", "render_markdown", "run_eval",
+__all__ = ["Assembly", "BudgetViolation", "ROW_KEYS", "SESSION_LEVEL", "bootstrap_ci", "fan_out", "render_markdown", "run_eval",
            "write_reports"]
 
 #: Category prefix of the RAGAS metric rows (``"ragas:context_recall"``), tabled apart.
 RAGAS_PREFIX = "ragas:"
+
+#: Category of the session-level rows (LongMemEval: a question counts when some turn of
+#: each of its answer sessions is in the context), tabled as a column of its own.
+SESSION_LEVEL = "all:session"
 
 ROW_KEYS = ("dataset", "strategy", "budget", "category", "recall", "ci_low", "ci_high",
             "questions", "mean_tokens", "seconds", "latency_p50_ms", "latency_p95_ms")
@@ -206,6 +210,7 @@ def _run_pair(dataset: str, conversations: Sequence[Conversation], name: str,
     scores: dict[int, dict[str, list[tuple[float, int, float]]]] = {b: defaultdict(list) for b in budgets}
     seconds = dict.fromkeys(budgets, 0.0)
     ratios: dict[int, dict[str, list[float]]] = {b: defaultdict(list) for b in budgets}
+    sessions: dict[int, list[tuple[float, int, float]]] = {b: [] for b in budgets}
     strategy = None
     for conv in conversations:
         strategy = factory()
@@ -224,6 +229,9 @@ def _run_pair(dataset: str, conversations: Sequence[Conversation], name: str,
                 evidence = set(question.evidence)
                 recall = len(packed.covered & evidence) / len(evidence)
                 scores[budget][question.category].append((recall, tokens, elapsed * 1000))
+                if question.evidence_groups:  # LongMemEval: every answer session touched
+                    hit = all(packed.covered & set(g) for g in question.evidence_groups)
+                    sessions[budget].append((float(hit), tokens, elapsed * 1000))
                 if on_assembly is not None:
                     on_assembly(_assembly(dataset, conv.id, name, budget, question, packed,
                                           tokens, recall, elapsed, texts))
@@ -233,6 +241,9 @@ def _run_pair(dataset: str, conversations: Sequence[Conversation], name: str,
     rows: list[dict[str, Any]] = []
     for budget in budgets:
         rows.extend(_aggregate(dataset, name, budget, scores[budget], seconds[budget], ratios[budget]))
+        if sessions[budget]:
+            session_rows = _aggregate(dataset, name, budget, {SESSION_LEVEL: sessions[budget]}, seconds[budget])
+            rows.extend(r for r in session_rows if r["category"] == SESSION_LEVEL)
     compressor = getattr(strategy, "compressor", None) if conversations else None
     if compressor is not None:
         from tiered_context.evals.survival import SURVIVAL_RATIOS, answer_survival  # it imports this module
@@ -298,14 +309,16 @@ def render_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
                 and not str(r["category"]).startswith(RAGAS_PREFIX)]
         ragas = [r for r in rows if r["dataset"] == dataset and str(r["category"]).startswith(RAGAS_PREFIX)]
         survival = [r for r in rows if r["dataset"] == dataset and r["category"] == "answer_survival"]
-        categories = sorted({r["category"] for r in mine} - {"all"})
+        categories = sorted({r["category"] for r in mine} - {"all", SESSION_LEVEL})
+        by_session = any(r["category"] == SESSION_LEVEL for r in mine)
         cells: dict[tuple[str, int], dict[str, Mapping[str, Any]]] = defaultdict(dict)
         for r in mine:
             cells[(r["strategy"], r["budget"])][r["category"]] = r
         n_all = max((r["questions"] for r in mine if r["category"] == "all"), default=0)
         ratio = any("compression_ratio" in r for r in mine)
         head = (["strategy", "budget"] + [category_label(c) for c in categories]
-                + ["all", "95% CI (all)", "mean tokens", "seconds"] + (["compression"] if ratio else []))
+                + ["all", "95% CI (all)"] + (["all, session level"] if by_session else [])
+                + ["mean tokens", "seconds"] + (["compression"] if ratio else []))
         if mine:
             out += [f"### {dataset} ({n_all} questions)", "",
                     "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -313,8 +326,10 @@ def render_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
             total = by_cat["all"]  # every (strategy, budget) with questions has one
             line = [strategy, str(budget)]
             line += [f"{by_cat[c]['recall']:.3f}" if c in by_cat else "" for c in categories]
-            line += [f"{total['recall']:.3f}", f"{total['ci_low']:.3f}-{total['ci_high']:.3f}",
-                     f"{total['mean_tokens']:.0f}", f"{total['seconds']:.2f}"]
+            line += [f"{total['recall']:.3f}", f"{total['ci_low']:.3f}-{total['ci_high']:.3f}"]
+            if by_session:
+                line.append(f"{by_cat[SESSION_LEVEL]['recall']:.3f}" if SESSION_LEVEL in by_cat else "")
+            line += [f"{total['mean_tokens']:.0f}", f"{total['seconds']:.2f}"]
             if ratio:
                 line.append(f"{total['compression_ratio']:.2f}x" if "compression_ratio" in total else "")
             out.append("| " + " | ".join(line) + " |")

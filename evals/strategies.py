@@ -274,6 +274,10 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "tiered:minilm": _ablation("tiered:minilm", minilm=True),
     "tiered:bm25-only": _ablation("tiered:bm25-only", scoring={"bm25_share": 1.0}),
     "tiered:dense-only": _ablation("tiered:dense-only", scoring={"bm25_share": 0.0}),
+    # the fusion's BM25 share fixed at 0.5 for every query (no shrinking for chat messages)
+    "tiered:fixed-fusion": _ablation("tiered:fixed-fusion", scoring={"adaptive_fusion": False}),
+    # relative dates in the query ("two weeks ago") ignored
+    "tiered:no-time": _ablation("tiered:no-time", scoring={"time_match_boost": 0.0}),
     "tiered:no-neighbours": _ablation("tiered:no-neighbours", scoring={"neighbour_decay": 0.0}),
     # the preset for meeting transcripts: a strong hit's neighbours inherit more, farther
     "tiered:transcript": _ablation("tiered:transcript", transcripts=True),

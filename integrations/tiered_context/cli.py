@@ -2,6 +2,7 @@
 
     tiered-context eval --data-locomo locomo10.json --data-qmsum qmsum/val \\
         --budgets 1000,2000 --strategies all --out out/eval --report out/eval
+    tiered-context eval --data-longmemeval longmemeval_s_cleaned.json --budgets 1000,2000
     tiered-context eval ... --phoenix                 # trace every assembly in local Phoenix
     tiered-context eval ... --judge my_models:chat    # + LLM-judged RAGAS metrics
     tiered-context mcp ...                            # the MCP server (tiered_context.mcp)
@@ -49,12 +50,19 @@ def _csv(kind: Callable[[str], T], flag: str) -> Callable[[str], list[T]]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tiered-context", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    ev = sub.add_parser("eval", help="evidence recall vs token budget (LoCoMo, QMSum, JSONL)",
+    ev = sub.add_parser("eval", help="evidence recall vs token budget (LoCoMo, QMSum, LongMemEval, JSONL)",
                         description="Evidence recall at token budgets; at least one --data-* flag.")
     ev.add_argument("--data-locomo", type=Path, metavar="PATH", help="LoCoMo JSON file")
     ev.add_argument("--data-qmsum", type=Path, metavar="DIR", help="QMSum split directory")
     ev.add_argument("--data-jsonl", type=Path, metavar="PATH",
                     help="your own conversations, one JSON per line (see evals/datasets.py)")
+    ev.add_argument("--data-longmemeval", type=Path, metavar="PATH",
+                    help="LongMemEval JSON file (longmemeval_s_cleaned.json, _oracle, _m, ...): one "
+                         "history per question; abstention questions reported apart")
+    ev.add_argument("--conversational", nargs="?", const="add", choices=["add", "only"],
+                    help="add the conversational-query set derived from the given LoCoMo / "
+                         "LongMemEval files (the latest message as the query; "
+                         "evals/conversational.py says how it is built); 'only': just that set")
     ev.add_argument("--budgets", type=_csv(int, "--budgets"), default=[500, 1000, 2000, 4000],
                     help="comma-separated token budgets (default: 500,1000,2000,4000)")
     ev.add_argument("--strategies", type=_csv(str, "--strategies"),
@@ -89,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
                         description="Speed benchmarks on real conversation text (evals/bench_speed.py).")
     be.add_argument("--data-locomo", type=Path, metavar="PATH", required=True, help="LoCoMo JSON file")
     be.add_argument("--data-qmsum", type=Path, metavar="DIR", help="QMSum split directory (more text for big N)")
+    be.add_argument("--data-longmemeval", type=Path, metavar="PATH",
+                    help="LongMemEval JSON file: its first history is the long-ingest workload "
+                         "(default: ~115k tokens of the LoCoMo / QMSum turns, cycled)")
     be.add_argument("--items", type=_csv(int, "--items"), default=[1000, 10000],
                     help="store sizes for the assembly latency (default: 1000,10000)")
     be.add_argument("--no-frameworks", action="store_true",
@@ -115,10 +126,16 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.data_qmsum is not None and not args.data_qmsum.is_dir():
         parser.error(f"--data-qmsum {args.data_qmsum}: not a directory; fix the path given to --data-qmsum")
     extra = datasets.load_qmsum(args.data_qmsum) if args.data_qmsum else []
+    long_history: list[Any] = []
+    if args.data_longmemeval is not None:
+        if not args.data_longmemeval.is_file():
+            parser.error(f"--data-longmemeval {args.data_longmemeval}: not found; fix the path given to --data-longmemeval")
+        long_history = next((c.turns for c in datasets.load_longmemeval(args.data_longmemeval) if c.turns), [])
     rows = run_bench(datasets.load_locomo(args.data_locomo), extra, sizes=args.items, progress=not args.no_progress,
                      frameworks=not args.no_frameworks,
                      locomo_path=None if args.no_compress else args.data_locomo,
-                     qmsum_path=None if args.no_compress else args.data_qmsum, llmlingua=args.llmlingua)
+                     qmsum_path=None if args.no_compress else args.data_qmsum, llmlingua=args.llmlingua,
+                     long_history=long_history)
     json_path, md_path = write_bench(rows, args.out)
     print(md_path.read_text(encoding="utf-8"))
     print(f"wrote {json_path}\nwrote {md_path}")
@@ -218,10 +235,11 @@ def _eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "locomo": (args.data_locomo, "--data-locomo", datasets.load_locomo, Path.is_file),
         "qmsum": (args.data_qmsum, "--data-qmsum", datasets.load_qmsum, Path.is_dir),
         "jsonl": (args.data_jsonl, "--data-jsonl", datasets.load_jsonl, Path.is_file),
+        "longmemeval": (args.data_longmemeval, "--data-longmemeval", datasets.load_longmemeval, Path.is_file),
     }
     if all(path is None for path, *_ in sources.values()):
-        parser.error("give at least one data set: --data-locomo PATH, --data-qmsum DIR "
-                     "or --data-jsonl PATH")
+        parser.error("give at least one data set: --data-locomo PATH, --data-qmsum DIR, "
+                     "--data-longmemeval PATH or --data-jsonl PATH")
     for path, flag, _, exists in sources.values():
         if path is not None and not exists(path):
             what = "a directory" if exists is Path.is_dir else "a file"
@@ -238,6 +256,20 @@ def _eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                              questions_max=args.limit_questions)
         for name, (path, _, load, _) in sources.items() if path is not None
     }
+    if args.conversational:
+        from tiered_context.evals.conversational import conversational_queries
+
+        sources_for_queries = [c for name in ("locomo", "longmemeval") for c in data.get(name, [])]
+        if not sources_for_queries:
+            parser.error("--conversational derives its queries from --data-locomo and/or --data-longmemeval; give one")
+        if args.conversational == "only":
+            data.clear()
+        data["conversational"] = conversational_queries(sources_for_queries)
+    if "longmemeval" in data:  # abstention questions have no evidence turn: a table of their own
+        kept, abstention = datasets.split_abstention(data["longmemeval"])
+        data["longmemeval"] = kept
+        if abstention:
+            data["longmemeval:abstention"] = abstention
     with contextlib.ExitStack() as stack:
         collector, observer = _observers(args, parser, stack)
         rows = run_eval(data, factories, args.budgets, progress=not args.no_progress,

@@ -204,15 +204,15 @@ def test_set_extends_or_starts_a_new_generation_and_reset_empties():
     memory.set(first)
     memory.set(first + [ChatMessage(role="user", content="c")])  # an extension: one put
     assert [m.content for m in memory.get_all()] == ["a", "b", "c"]
-    assert memory.context.session_id == memory.session_id
+    assert memory.generation == 0
     memory.set([ChatMessage(role="user", content="x")])
     assert [m.content for m in memory.get_all()] == ["x"]
-    assert memory.context.session_id == f"{memory.session_id}~1"
+    assert memory.generation == 1 and memory.context.session_id == memory.session_id
     assert NEEDLE not in str(memory.get())
     memory.reset()
     assert memory.get_all() == [] and memory.get() == []
     memory.reset()  # already empty: the generation is reused
-    assert memory.context.session_id == f"{memory.session_id}~2"
+    assert memory.generation == 2
 
 
 def test_nothing_is_deleted_by_reset():
@@ -284,14 +284,18 @@ def test_compaction_ladder_keeps_gets_within_budget():
     assert_well_formed(out)
 
 
-def test_last_assembled_and_feedback():
+def test_select_and_feedback_take_the_result_explicitly():
     memory = make(300)
     long_history(memory, turns=10)
     memory.put(ChatMessage(role="user", content="When is the Lisbon launch?"))
-    memory.get()
-    out = memory.last_assembled
-    assert out is not None and out.report.scores
-    memory.feedback([out.items[0].id])
+    view = memory.select()
+    assert view.messages == memory.get()
+    out = view.assembled
+    assert out is not None and out.report.scores and memory.last_assembled is not None
+    memory.feedback(view, [out.items[0].id])
+    memory.feedback(out, used=[out.items[0].id])
+    with pytest.raises(TypeError, match="select"):
+        memory.feedback([out.items[0].id], [])
 
 
 def test_context_factory_configures_the_core_for_every_generation():
@@ -300,18 +304,112 @@ def test_context_factory_configures_the_core_for_every_generation():
     store = LocalColdStore()
     made = []
 
-    def factory(tenant: str) -> TieredContext:
-        made.append(tenant)
-        return TieredContext(session_id=tenant, store=store, embedder=HashEmbedder(), compaction="inline")
+    def factory(session_id: str) -> TieredContext:
+        made.append(session_id)
+        return TieredContext(session_id=session_id, store=store, embedder=HashEmbedder(), compaction="inline")
 
     memory = TieredMemory.from_defaults(token_limit=200, session_id="f", context_factory=factory)
     memory.put(ChatMessage(role="user", content=NEEDLE))
-    memory.reset()
+    memory.reset()  # the factory's memory resets itself: every setting kept
     memory.put(ChatMessage(role="user", content="again"))
-    assert made == ["f", "f~1"] and [m.content for m in memory.get_all()] == ["again"]
+    assert made == ["f"] and [m.content for m in memory.get_all()] == ["again"]
+    assert memory.generation == 1 and memory.context.store is store
     with pytest.raises(ConfigError, match="context_factory"):
         TieredMemory.from_defaults(context_factory=factory, store=store)
-    with pytest.raises(ConfigError, match="shared store"):
-        bad = TieredMemory.from_defaults(session_id="g", context_factory=lambda t: TieredContext(session_id=t, embedder=HashEmbedder()))
-        bad.put(ChatMessage(role="user", content="x"))
-        bad.reset()
+    with pytest.raises(ValueError, match="session_id"):  # a ConfigError, wrapped by pydantic
+        TieredMemory.from_defaults(session_id="g", context_factory=lambda t: TieredContext(session_id="other", embedder=HashEmbedder()))
+
+
+# -- issue 13: one state model (ids, generations, the legacy layout) ----------------------
+HOSTILE = ["victim~1", "victim#summaries", "victim#state", "a/b", "50%", "tab\tand\x00nul", "é 🙂", "x" * 10_000, "[1,null]"]
+
+
+def test_a_session_named_like_a_legacy_generation_never_reads_the_victim():
+    store = LocalColdStore()
+    victim = make(300, session_id="victim", store=store)
+    victim.put(ChatMessage(role="user", content=NEEDLE))
+    victim.reset()
+    victim.put(ChatMessage(role="user", content="the victim's second generation"))
+    for sid in ("victim~1", "victim~0", "victim#g1"):
+        attacker = make(300, session_id=sid, store=store)
+        assert attacker.get_all() == [] and NEEDLE not in str(attacker.get(input="Lisbon launch"))
+    assert [m.content for m in make(300, session_id="victim", store=store).get_all()] == ["the victim's second generation"]
+
+
+@pytest.mark.parametrize("sid", HOSTILE)
+def test_hostile_ids_are_accepted_and_stay_apart(sid):
+    store = LocalColdStore()
+    plain = make(300, session_id="victim", store=store)
+    plain.put(ChatMessage(role="user", content=NEEDLE))
+    other = make(300, session_id=sid, store=store)
+    other.put(ChatMessage(role="user", content=f"secret of {sid[:20]}"))
+    other.reset()
+    other.put(ChatMessage(role="user", content="after reset"))
+    assert [m.content for m in make(300, session_id=sid, store=store).get_all()] == ["after reset"]
+    assert [m.content for m in make(300, session_id="victim", store=store).get_all()] == [NEEDLE]
+
+
+@pytest.mark.parametrize("bad", ["", "\ud800", "y" * 20_000])
+def test_ids_that_cannot_be_stored_are_refused_clearly(bad):
+    with pytest.raises((ConfigError, ValueError), match="session_id"):
+        make(300, session_id=bad)
+
+
+def test_reset_uses_the_core_generation_and_writes_no_sidecar(tmp_path):
+    memory = make(300, session_id="s", path=tmp_path)
+    memory.put(ChatMessage(role="user", content="old"))
+    memory.reset()
+    assert memory.generation == 1 and memory.context.generation == 1
+    memory.close()
+    assert not (tmp_path / "tiered_memory_sessions.json").exists()
+    reopened = make(300, session_id="s", path=tmp_path)
+    assert reopened.generation == 1 and reopened.get_all() == []
+
+
+def test_config_is_one_value_shared_by_generations():
+    from tiered_context.core.config import MemoryConfig
+
+    config = MemoryConfig(store=LocalColdStore(), embedder=HashEmbedder(), compaction="inline", compression="off")
+    memory = TieredMemory.from_defaults(token_limit=300, session_id="c", config=config)
+    memory.put(ChatMessage(role="user", content="x"))
+    memory.reset()
+    assert memory.context.config.compression.value == "off" and memory.context.store is config.store
+    with pytest.raises(ConfigError, match="config"):
+        TieredMemory.from_defaults(config=config, store=LocalColdStore())
+
+
+def _legacy_archive(path, sidecar: bytes | None):
+    """An archive as the release before namespaces wrote it: generation n of session "s"
+    under the raw key "s~n", the current one in the sidecar."""
+    from tiered_context.core.embed import normalize
+    from tiered_context.llama_index._convert import messages_to_items
+
+    store = LocalColdStore(path)
+    for key, texts in (("s", ["generation zero"]), ("s~1", ["legacy one", "legacy one, answer"]), ("s~2", [NEEDLE])):
+        items = [i.evolve(seq=k, tokens=5) for k, i in enumerate(messages_to_items(
+            [ChatMessage(role="user", content=t) for t in texts], first_position=0))]
+        store.add(key, items, normalize(HashEmbedder().embed([i.text for i in items])))
+    store.close()
+    if sidecar is not None:
+        (path / "tiered_memory_sessions.json").write_bytes(sidecar)
+
+
+@pytest.mark.parametrize("sidecar, current", [
+    (b'{"s": 2}', [NEEDLE]), (None, [NEEDLE]), (b'{"s": 3}', []),  # 3: a reset just before the upgrade
+    (b'{"s": ', [NEEDLE]), (b"", [NEEDLE]), (b"\x00\xff", [NEEDLE]), (b"[1, 2]", [NEEDLE]),  # damaged: the archive decides
+])
+def test_archives_of_the_previous_release_still_open(tmp_path, sidecar, current):
+    _legacy_archive(tmp_path, sidecar)
+    memory = make(300, session_id="s", path=tmp_path)
+    assert [m.content for m in memory.get_all()] == current
+    memory.put(ChatMessage(role="user", content="new"))
+    memory.close()
+    reopened = make(300, session_id="s", path=tmp_path)  # migrated once: no second copy
+    assert [m.content for m in reopened.get_all()] == current + ["new"]
+    reopened.reset()
+    assert reopened.get_all() == []
+    assert [i.text for i in reopened.store.items("s~1")] == ["legacy one", "legacy one, answer"]  # nothing deleted
+    reopened.close()
+    if sidecar not in (None, b'{"s": 2}', b'{"s": 3}'):
+        assert list(tmp_path.glob("tiered_memory_sessions.json.damaged-*"))
+    assert make(300, session_id="s~1", path=tmp_path).get_all() == []  # never the legacy key

@@ -49,20 +49,20 @@ def test_budget_packer_keeps_best_value_per_token_and_dedupes():
         nws("Lisbon launch: 3 May.", 0.8, "short"),
         nws("Unrelated note about printers.", 0.1, "low"),
     ]
-    packer = TokenBudgetPostprocessor(token_budget=COUNTER.count(LONG) + 12)
+    packer = TokenBudgetPostprocessor(token_limit=COUNTER.count(LONG) + 12)
     out = packer.postprocess_nodes(nodes, query_str="when is the launch?")
     ids = [n.node.node_id for n in out]
     assert "near-duplicate" not in ids
     assert ids[:2] == ["long", "short"]  # best score first, both fit
-    assert sum(COUNTER.count(n.node.get_content(metadata_mode=MetadataMode.LLM)) + 1 for n in out) <= packer.token_budget
+    assert sum(COUNTER.count(n.node.get_content(metadata_mode=MetadataMode.LLM)) + 1 for n in out) <= packer.token_limit
     assert run(packer.apostprocess_nodes(nodes, query_str="x")) == out
 
 
 def test_budget_packer_prefers_value_density_when_tight():
     nodes = [nws(LONG, 0.9, "long"), nws("Lisbon launch: 3 May.", 0.8, "short"), nws("Venue: river.", 0.5, "tiny")]
-    out = TokenBudgetPostprocessor(token_budget=30).postprocess_nodes(nodes)
+    out = TokenBudgetPostprocessor(token_limit=30).postprocess_nodes(nodes)
     assert [n.node.node_id for n in out] == ["short", "tiny"]
-    assert TokenBudgetPostprocessor(token_budget=5).postprocess_nodes([]) == []
+    assert TokenBudgetPostprocessor(token_limit=5).postprocess_nodes([]) == []
 
 
 # -- compressor --------------------------------------------------------------------------
@@ -86,9 +86,9 @@ def test_compressor_shortens_keeps_scores_order_and_provenance():
 def test_compressor_token_budget_picks_the_ratio():
     nodes = [nws(LONG, 0.7, "a"), nws(LONG + " Again.", 0.6, "b")]
     total = sum(COUNTER.count(n.node.text) for n in nodes)
-    out = CompressionPostprocessor(token_budget=total // 2, min_tokens=0).postprocess_nodes(nodes)
+    out = CompressionPostprocessor(token_limit=total // 2, min_tokens=0).postprocess_nodes(nodes)
     assert sum(COUNTER.count(n.node.text) for n in out) < total * 0.75
-    assert CompressionPostprocessor(token_budget=total * 2).postprocess_nodes(nodes) == nodes
+    assert CompressionPostprocessor(token_limit=total * 2).postprocess_nodes(nodes) == nodes
 
 
 # -- priority ----------------------------------------------------------------------------
@@ -118,7 +118,7 @@ def test_priority_combines_relevance_recency_importance_and_learns():
 # -- retriever ---------------------------------------------------------------------------
 def kb() -> TieredRetriever:
     ctx = TieredContext(session_id="kb", embedder=HashEmbedder(), compaction="inline")
-    retriever = TieredRetriever(ctx, token_budget=120)
+    retriever = TieredRetriever(ctx, token_limit=120)
     docs = [TextNode(text="The Lisbon launch is on 3 May.", id_="launch", metadata={"file": "plan.md"})]
     docs += [TextNode(text=f"Note {i} about printers, toner and paper jams on floor {i}.", id_=f"n{i}") for i in range(40)]
     retriever.put_nodes(docs)
@@ -142,7 +142,7 @@ def test_retriever_sync_and_async_with_provenance():
 def test_retriever_in_a_query_engine_with_all_postprocessors():
     retriever = kb()
     engine = RetrieverQueryEngine.from_args(retriever, llm=MockLLM(), node_postprocessors=[
-        PriorityPostprocessor(), CompressionPostprocessor(ratio=0.6), TokenBudgetPostprocessor(token_budget=80),
+        PriorityPostprocessor(), CompressionPostprocessor(ratio=0.6), TokenBudgetPostprocessor(token_limit=80),
     ])
     response = engine.query("When is the Lisbon launch?")
     assert response.source_nodes and response.source_nodes[0].node.metadata.get("source_node_id") == "launch"
@@ -156,7 +156,7 @@ def test_retriever_over_a_tiered_memory_follows_resets():
     from llama_index.core.base.llms.types import ChatMessage
 
     memory.put(ChatMessage(role="user", content="The Lisbon launch is on 3 May."))
-    retriever = TieredRetriever(memory, token_budget=100)
+    retriever = TieredRetriever(memory, token_limit=100)
     node = retriever.retrieve("Lisbon launch")[0].node
     assert "li_message" not in node.metadata and node.metadata["role"] == "user"
     memory.reset()
@@ -210,7 +210,7 @@ def test_postprocessors_in_a_vector_memory_block():
             self.__dict__.setdefault("_seen", []).append(out)
             return out
 
-    packer = Seen(token_budget=150)
+    packer = Seen(token_limit=150)
     block = VectorMemoryBlock(  # window 2: the question and the latest message are the query
         name="retrieved", vector_store=_text_vector_store(), embed_model=TieredEmbedding(), similarity_top_k=8,
         retrieval_context_window=2,

@@ -115,10 +115,11 @@ def test_get_when_initial_tokens_same_as_limit_returns_only_the_latest_message()
 
 
 def test_get_when_space_for_assistant_message_returns_the_latest_message():
-    # ChatMemoryBuffer returns [] here; the latest message always comes back (note 7).
+    # ChatMemoryBuffer returns [] here; the current exchange (the user's message and the
+    # answer after it) always comes back whole: the conversation contract (issue 14).
     memory = make(token_limit=50, chat_history=[USER, ASSISTANT])
     room = tokens(ASSISTANT)
-    assert memory.get(initial_token_count=50 - room) == [ASSISTANT]
+    assert memory.get(initial_token_count=50 - room) == [USER, ASSISTANT]
 
 
 def test_get_when_space_for_second_message_and_answer_removes_first_message_and_answer():
@@ -258,7 +259,10 @@ def test_manage_queue_over_limit(memory):
         ChatMessage(role="user", content="z " * 500),
     ]))
     cur = run(memory.aget())
-    assert len(cur) == 1 and "z " in cur[0].content
+    # the current turn verbatim; older turns only as the labelled recall block (issue 14)
+    turns = [m for m in cur if m.role != MessageRole.SYSTEM]
+    assert len(turns) == 1 and "z " in turns[0].content
+    assert all(m.content.startswith("Recalled from earlier") for m in cur if m.role == MessageRole.SYSTEM)
 
 
 def test_aput(memory):
@@ -294,8 +298,10 @@ def test_first_message_must_be_user():
     run(memory.aput_messages([ChatMessage(role="user", content="x " * 100), ChatMessage(role="assistant", content="ok")]))
     cur = run(memory.aget())
     assert len(cur) > 0
-    assert cur[0].role == "user"  # a shortened copy of the user turn leads in (note 4)
-    assert memory.count_tokens(cur) <= 100  # Memory keeps the whole turn over its limit; we do not
+    assert cur[0].role == "user"
+    # the current exchange is never cut (the conversation contract, issue 14): like
+    # Memory, the whole turn comes back even over the limit
+    assert [m.content for m in cur] == ["x " * 100, "ok"]
 
 
 def test_preserves_at_least_one_complete_turn():
@@ -306,7 +312,7 @@ def test_preserves_at_least_one_complete_turn():
     ]))
     cur = run(memory.aget())
     assert len(cur) >= 2
-    assert cur[0].role == "user"
+    assert next(m for m in cur if m.role != "system").role == "user"
     assert [m.content for m in cur[-2:]] == ["c " * 50, "d " * 50]  # the latest turn, whole (note 4)
 
 

@@ -227,3 +227,40 @@ def test_time_and_negation_words_do_not_lift_their_neighbours(compressor: SelfIn
     kept = compressor.compress_text(text, ratio=1 / 3).split()
     assert {"Jon", "no", "fashion", "internship"} <= set(kept)
     assert "talk" not in kept and "Hey" not in kept
+
+
+# -- issue 14: attribution survives compression; query-aware compression ----------------
+SPEAKERS = st.sampled_from(["Caroline", "Melanie", "Speaker A", "Project Manager", "Jon"])
+DATES = st.sampled_from(["[2023-05-08]", "[8 May 2023]", "[10:42]", "[2023-05-08 10:42]"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(date=st.one_of(st.none(), DATES), speaker=st.one_of(st.none(), SPEAKERS),
+       words=st.lists(PLAIN, min_size=12, max_size=60), ratio=st.floats(0.1, 0.9), lines=st.integers(1, 3))
+def test_property_a_leading_date_and_speaker_prefix_is_never_compressed_away(date, speaker, words, ratio, lines) -> None:
+    if date is None and speaker is None:
+        return
+    prefix = " ".join(p for p in (date, f"{speaker}:" if speaker else None) if p)
+    text = "\n".join(f"{prefix} {' '.join(words)}" for _ in range(lines))
+    out = SelfInformationCompressor(COUNTER, min_tokens=0).compress_text(text, ratio=ratio)
+    assert out.startswith(prefix), (prefix, out)
+    assert out.count(prefix) == lines  # every line keeps its own
+    assert COUNTER.count(out) <= COUNTER.count(text)
+
+
+def test_an_ordinary_colon_is_not_a_speaker(compressor: SelfInformationCompressor) -> None:
+    text = "so the thing is that the plan: we basically just go there and then we really see what happens next"
+    out = compressor.compress_text(text, ratio=0.3)
+    assert not out.startswith("so the thing is that the plan:")
+
+
+def test_compression_keeps_the_query_words_and_their_neighbours(compressor: SelfInformationCompressor) -> None:
+    text = ("The Lisbon office opens on 3 May with a budget of 40,000 euros for the first year. "
+            "The office manager is Ines Carvalho, who joined us from the Porto team last year.")
+    blind = compressor.compress_text(text, ratio=0.4)
+    aware = compressor.compress_text(text, ratio=0.4, query="who manages it")
+    assert "manager" not in blind  # the issue's repro: the answer's role was dropped
+    assert "office manager is Ines Carvalho" in aware
+    item = ContextItem(id="a", text=text, tokens=COUNTER.count(text))
+    form = compressor.compress([item], 0.4, query="who manages it")[0]
+    assert "manager" in form.text and form.source_ids == ("a",)

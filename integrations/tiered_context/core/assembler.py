@@ -22,7 +22,7 @@ from tiered_context.core.embed import Embedder, normalize
 from tiered_context.core.items import ContextItem, Tier, check_reserved, check_text
 from tiered_context.core.render import day_of, header, line, render
 from tiered_context.core.result import AssembledContext, AssemblyReport, Scores
-from tiered_context.core.scoring import Scorer, ScoreParts
+from tiered_context.core.scoring import Scorer, ScoreParts, time_window
 from tiered_context.core.store import ColdStore, SignalStats
 from tiered_context.core.tokens import TokenCounter
 from tiered_context.errors import BudgetError, ConfigError, InputError
@@ -218,6 +218,15 @@ class ContextAssembler:
                                   query=query)
         for i, p in zip(ids, parts):
             units[i].parts, units[i].value = p, p.total
+        # a relative date in the query ("two weeks ago", "last Saturday"), seen from the
+        # latest item: relevant items from that span count double
+        boost = self.scorer.config.time_match_boost
+        window = time_window(query, max(u.origin.timestamp for u in units.values())) if boost else None
+        if window is not None:
+            for i in ids:
+                u = units[i]
+                if window[0] <= u.origin.timestamp <= window[1] and u.parts.relevance > 0:
+                    u.value *= 1.0 + boost
 
     def _expand_neighbours(self, tenant, query, vector, units: dict[str, _Unit], latest_seq, stats, user, top: int = 16) -> None:
         """Turns within `neighbour_window` of a strong hit inherit `decay ** distance` of its

@@ -58,6 +58,7 @@ from tiered_context.core.importance import (
     information,
 )
 from tiered_context.core.items import ContextItem, Tier
+from tiered_context.core.lexical import terms
 from tiered_context.core.structure import compress_json, looks_like_code, mostly_unspaced, parse_json
 from tiered_context.core.tokens import TokenCounter
 from tiered_context.errors import ConfigError
@@ -113,7 +114,11 @@ ADVERB_PENALTY = 3.0
 OPENER_PENALTY = 3.0
 GENERIC_BASE = 396.0
 _SPAN = re.compile(
-    r"```.*?(?:```|\Z)"  # fenced code
+    # a leading date and/or speaker prefix of a line: "[2023-05-08] Caroline:", "Speaker A:",
+    # "[10:42]": who said what and when is never compressed away
+    r"(?m:^[ \t]*(?:\[[^\]\n]{1,40}\](?:[ \t]*[^\W\d][\w'.-]*(?:[ \t][\w'.-]+){0,3}:(?=\s|$))?"
+    r"|[A-Z][\w'.-]*(?:[ \t][A-Z0-9][\w'.-]*){0,3}:(?=\s|$)))"
+    r"|```.*?(?:```|\Z)"  # fenced code
     r"|`[^`\n]+`"  # inline code
     r"|\"[^\"\n]{1,400}\"|“[^”\n]{1,400}”|«[^»\n]{1,400}»"  # quoted text
     r"|(?:https?://|www\.)\S+|[\w.+-]+@[\w-]+\.[\w.]+",  # URLs, e-mail
@@ -164,26 +169,31 @@ class SelfInformationCompressor:
         self._lock = threading.Lock()
 
     # -- the Compressor interface ------------------------------------------------------
-    def compress(self, items: Sequence[ContextItem], ratio: float) -> list[ContextItem]:
+    def compress(self, items: Sequence[ContextItem], ratio: float, *, query: str | None = None) -> list[ContextItem]:
+        """`query` (optional): the words of the query and their neighbours survive."""
         _check_ratio(ratio)
-        return [self.compress_item(item, ratio=ratio) for item in items]
+        return [self.compress_item(item, ratio=ratio, query=query) for item in items]
 
-    async def acompress(self, items: Sequence[ContextItem], ratio: float) -> list[ContextItem]:
-        return await asyncio.to_thread(self.compress, items, ratio)
+    async def acompress(self, items: Sequence[ContextItem], ratio: float, *, query: str | None = None) -> list[ContextItem]:
+        return await asyncio.to_thread(self.compress, items, ratio, query=query)
 
-    def compress_item(self, item: ContextItem, *, ratio: float = 0.5, target_tokens: int | None = None) -> ContextItem:
+    def compress_item(self, item: ContextItem, *, ratio: float = 0.5, target_tokens: int | None = None,
+                      query: str | None = None) -> ContextItem:
         """One item's compressed form (to `target_tokens` if given, else to `ratio`)."""
         tokens = item.tokens or self.counter.count(item.text)
         if tokens < self.min_tokens or item.pinned:
             return compressed_form(item, item.text, tokens, ratio)
-        text = self.compress_text(item.text, ratio=ratio, target_tokens=target_tokens, tokens=tokens)
+        text = self.compress_text(item.text, ratio=ratio, target_tokens=target_tokens, tokens=tokens, query=query)
         return compressed_form(item, text, tokens if text == item.text else self.counter.count(text), ratio)
 
     # -- text --------------------------------------------------------------------------
     def compress_text(self, text: str, *, ratio: float = 0.5, target_tokens: int | None = None,
-                      tokens: int | None = None) -> str:
+                      tokens: int | None = None, query: str | None = None) -> str:
         """`text` with its least informative words dropped, to about `ratio` of its tokens
-        (or to at most `target_tokens`, as far as protected words allow)."""
+        (or to at most `target_tokens`, as far as protected words allow). With `query`,
+        the words of the query (and inflections: "manages" keeps "manager") and their
+        neighbours are kept: compression is query-aware."""
+        wanted = frozenset(terms(query)) if query else frozenset()
         total = self.counter.count(text) if tokens is None else tokens
         target = max(1, int(round(total * ratio))) if target_tokens is None else max(1, target_tokens)
         if total <= target:
@@ -195,13 +205,13 @@ class SelfInformationCompressor:
             return text
         if "```" not in text and looks_like_code(text):
             return text
-        out = self._prune(text, target)
+        out = self._prune(text, target, wanted)
         if target_tokens is not None:  # a hard target: check exactly, tighten if the estimate was short
             for _ in range(3):
                 have = self.counter.count(out)
                 if have <= target:
                     break
-                out = self._prune(text, max(1, target - (have - target)))
+                out = self._prune(text, max(1, target - (have - target)), wanted)
         return out
 
     def _model(self, lang: str) -> Surprisal:
@@ -219,17 +229,21 @@ class SelfInformationCompressor:
                 self._costs[piece] = n
         return n
 
-    def _prune(self, text: str, target: int) -> str:
+    def _prune(self, text: str, target: int, query: frozenset[str] = frozenset()) -> str:
         # 1. pieces: (text, bits or None if protected, joins the previous piece without a space)
         pieces: list[list[Any]] = []  # [text, bits, glue, line]
         line = 0
         cursor = 0
         for m in _SPAN.finditer(text):
-            line = self._words(text[cursor:m.start()], pieces, line)
-            pieces.append([m.group(), None, bool(m.start()) and not text[m.start() - 1].isspace(), line])
+            if not m.group().strip():
+                continue
+            line = self._words(text[cursor:m.start()], pieces, line, query)
+            span = m.group().strip()
+            glue = bool(m.start()) and not text[m.start() - 1].isspace() and span == m.group()
+            pieces.append([span, None, glue, line])
             line += m.group().count("\n")
             cursor = m.end()
-        self._words(text[cursor:], pieces, line)
+        self._words(text[cursor:], pieces, line, query)
         # 2. drop the least informative until the estimate meets the target
         costs = [self._cost(p[0]) for p in pieces]
         have = sum(costs)
@@ -255,8 +269,9 @@ class SelfInformationCompressor:
             last_line = ln
         return "".join(out)
 
-    def _words(self, chunk: str, pieces: list[list[Any]], line: int) -> int:
-        """Append `chunk`'s words (and their trailing punctuation) to `pieces`."""
+    def _words(self, chunk: str, pieces: list[list[Any]], line: int, query: frozenset[str] = frozenset()) -> int:
+        """Append `chunk`'s words (and their trailing punctuation) to `pieces`; words of
+        `query` (stems) and their neighbours are protected."""
         lines = chunk.split("\n")
         words_all = [w for ln in lines for w in ln.split()]
         if not words_all:
@@ -330,10 +345,45 @@ class SelfInformationCompressor:
             if pieces[i][1] is not None and pieces[i - 1][1] is None and pieces[i + 1][1] is None and \
                     pieces[i][0] in ("of", "the", "de", "van", "von", "&") and pieces[i + 1][0][:1].isupper():
                 pieces[i][1] = None
+        if query:
+            _protect_query(pieces, first, query)
         return line
 
     def __repr__(self) -> str:
         return f"SelfInformationCompressor(min_tokens={self.min_tokens}, lang={self.lang or 'auto'})"
+
+
+#: Neighbours of a query word within this many words are kept too.
+QUERY_REACH = 1
+QUERY_NEAR_BONUS = 150.0  # bits added to words two away: they outlast ordinary content words
+
+
+def _matches(stem: str, wanted: frozenset[str]) -> bool:
+    if stem in wanted:
+        return True
+    for w in wanted:  # inflections the light stemmer leaves apart ("manage" / "manager")
+        n = max(5, min(len(w), len(stem)) - 1)
+        if min(len(w), len(stem)) >= 5 and stem[:n] == w[:n]:
+            return True
+    return False
+
+
+def _protect_query(pieces: list[list[Any]], first: int, wanted: frozenset[str]) -> None:
+    """Protect the words of the query from `first` on, and their neighbours."""
+    words = [i for i in range(first, len(pieces)) if pieces[i][0].strip(PUNCT)]
+    hits = []
+    for k, i in enumerate(words):
+        stems = terms(pieces[i][0])
+        if stems and _matches(stems[0], wanted):
+            hits.append(k)
+    for k in hits:
+        for d in range(-QUERY_REACH - 1, QUERY_REACH + 2):
+            j = k + d
+            if 0 <= j < len(words) and pieces[words[j]][1] is not None:
+                if abs(d) <= QUERY_REACH:
+                    pieces[words[j]][1] = None
+                else:
+                    pieces[words[j]][1] += QUERY_NEAR_BONUS
 
 
 def _check_ratio(ratio: float) -> None:

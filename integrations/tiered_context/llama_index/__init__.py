@@ -20,6 +20,7 @@ _EXPORTS = {
     "CompressionPostprocessor": "postprocessors",
     "LlamaIndexEmbedder": "embeddings",
     "MediaTokens": "_convert",
+    "MemoryView": "_select",
     "PriorityPostprocessor": "postprocessors",
     "ScopedAgentWorkflow": "workflow",
     "ScopedWorkflowMemory": "workflow",

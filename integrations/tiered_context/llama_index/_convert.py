@@ -184,6 +184,9 @@ def message_to_item(
     answered = tool_result_id(message)
     if answered:
         meta["tool_call_id"] = answered
+    name = message.additional_kwargs.get("name")
+    if isinstance(name, str) and name.strip() and "speaker" not in meta:
+        meta["speaker"] = name.strip()  # the core renders and costs "name: text", as the recall block does
     meta[MESSAGE_KEY] = _stored_json(message)
     return ContextItem.create(
         message_text(message), role=message.role.value, id=id, pinned=pinned, timestamp=timestamp, metadata=meta

@@ -1,33 +1,41 @@
 """Session plumbing of `TieredMemory`: settings checks, `ChatMemoryBuffer`-style
-defaults, and the generation counter that `reset()` / `set()` advance.
+defaults, and reading the layout of the release before namespaces.
 
-A session's generation ``n`` lives in the archive under ``"<session_id>~<n>"``
-(generation 0 under ``session_id`` itself). With an on-disk archive the current
-generation is also recorded in a sidecar file, so an empty new generation (a `reset`
-just before the process ended) is not mistaken for the last one holding items.
+Generations are the core's (`TieredContext.reset`, one archived marker). The release
+before kept generation ``n`` of a session under the raw key ``"<session_id>~<n>"`` and
+the current one in a sidecar file (``tiered_memory_sessions.json``); `migrate_legacy`
+opens such an archive once, copying the current legacy generation into a core one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from llama_index.core.base.llms.types import ChatMessage
 
-from tiered_context.core.embed import Embedder
+from tiered_context.core.durable import read_json
+from tiered_context.core.embed import Embedder, normalize
+from tiered_context.core.items import ContextItem, Tier
+from tiered_context.core.memory import TieredContext
+from tiered_context.core.namespace import Kind
 from tiered_context.core.store import ColdStore
 from tiered_context.core.tokens import TokenCounter
 from tiered_context.errors import ConfigError
 
-__all__ = ["BufferSerialization", "DEFAULT_TOKEN_LIMIT", "DEFAULT_TOKEN_LIMIT_RATIO", "tenant", "find_generation", "record_generation",
+__all__ = ["BufferSerialization", "DEFAULT_TOKEN_LIMIT", "DEFAULT_TOKEN_LIMIT_RATIO", "legacy_generation", "migrate_legacy",
            "check_seams", "buffer_defaults", "common_prefix", "stored_form", "as_core_embedder"]
 
 DEFAULT_TOKEN_LIMIT = 3000
 #: Share of an LLM's context window used when only `llm=` is given (as ChatMemoryBuffer).
 DEFAULT_TOKEN_LIMIT_RATIO = 0.75
+#: The sidecar of the release before namespaces (read, never written).
 SIDECAR = "tiered_memory_sessions.json"
+MIGRATION_ROLE = "legacy-migration"
+log = logging.getLogger("tiered_context.llama_index")
 
 
 class BufferSerialization:
@@ -55,40 +63,66 @@ class BufferSerialization:
         self.__init__(**state["__dict__"])  # type: ignore[misc]
 
 
-def tenant(session_id: str, generation: int) -> str:
-    """The archive scope of one generation of a session."""
-    return session_id if generation == 0 else f"{session_id}~{generation}"
-
-
-def find_generation(store: ColdStore, session_id: str, path: Optional[str]) -> int:
-    """The session's current generation: the sidecar's record (with a path), else the
-    last generation holding items."""
+def legacy_generation(store: ColdStore, session_id: str, path: Optional[str]) -> int:
+    """The current generation of `session_id` in the layout of the release before
+    namespaces (generation ``n`` under the raw key ``"<session_id>~<n>"``, the latest
+    recorded in the sidecar file): 0 when there is none. A damaged or truncated sidecar
+    is moved aside (`read_json`) and the count falls back to the archive."""
     recorded = 0
     if path is not None:
-        sidecar = Path(path) / SIDECAR
-        if sidecar.exists():
-            recorded = int(json.loads(sidecar.read_text()).get(session_id, 0))
+        state = read_json(Path(path) / SIDECAR, what="TieredMemory generation sidecar", expect=dict)
+        value = (state or {}).get(session_id, 0)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1_000_000:
+            recorded = value
     generation = 0
-    while store.count(tenant(session_id, generation + 1)) > 0:
+    while store.count(f"{session_id}~{generation + 1}") > 0:
         generation += 1
     return max(recorded, generation)
 
 
-def record_generation(path: Optional[str], session_id: str, generation: int) -> None:
-    """Write the session's current generation to the sidecar (no-op in memory)."""
-    if path is None:
-        return
-    sidecar = Path(path) / SIDECAR
-    state = json.loads(sidecar.read_text()) if sidecar.exists() else {}
-    state[session_id] = generation
-    sidecar.write_text(json.dumps(state))
+def migrate_legacy(ctx: TieredContext, path: Optional[str]) -> bool:
+    """Open an archive written by the release before namespaces: when the session's
+    current history lives in a legacy generation ``"<session_id>~<n>"`` (n >= 1), copy
+    its originals into a new generation of `ctx` (ids, text, roles, metadata kept; the
+    legacy keys stay archived, nothing is deleted) and record the migration, once.
+
+    Only the exact legacy key of this session id is read, and only when the sidecar or
+    the archive says it holds this session's generation; a session *named*
+    ``"<victim>~1"`` has its own namespace and never reaches it (see `Namespace`)."""
+    ns = ctx.namespace
+    if ns.user is not None or ns.tenant is not None or ns.thread is not None:
+        return False  # the legacy layout had only plain sessions
+    store = ctx.store
+    markers = ns.root.with_kind(Kind.MARKERS).key
+    if any(m.role == MIGRATION_ROLE for m in store.items(markers)):
+        return False
+    legacy = legacy_generation(store, ns.session, path)
+    if legacy == 0:
+        return False
+    source = f"{ns.session}~{legacy}"
+    originals = sorted((i for i in store.items(source) if not i.is_derived), key=lambda i: i.seq)
+    generation = ctx.reset()
+    if originals:
+        ctx.put_many([ContextItem(id=i.id, text=i.text, role=i.role, timestamp=i.timestamp, pinned=i.pinned,
+                                  metadata={**i.metadata, "legacy_key": source}) for i in originals])
+    record = ContextItem(id=f"legacy-migration-{generation:08d}", text=f"migrated {source}", role=MIGRATION_ROLE,
+                         tier=Tier.L3, metadata={"source": source, "generation": generation})
+    store.add(markers, [record], normalize(ctx.embedder.embed([record.text])))
+    log.info("TieredMemory %r: migrated the legacy generation %r (%d messages) to generation %d",
+             ns.session, source, len(originals), generation)
+    return True
 
 
-def check_seams(*, store: Any, path: Any, context_factory: Any, embedder: Any, counter: Any) -> None:
+def check_seams(*, store: Any, path: Any, context_factory: Any, embedder: Any, counter: Any, config: Any = None) -> None:
     if store is not None and path is not None:
         raise ConfigError("pass either path= (an archive on disk) or store= (a shared ColdStore), not both")
+    if context_factory is not None and config is not None:
+        raise ConfigError("pass config= (a MemoryConfig) or context_factory=, not both")
     if context_factory is not None and any(v is not None for v in (store, path, embedder, counter)):
         raise ConfigError("with context_factory=, configure store / path / embedder / counter in the factory's TieredContext")
+    if config is not None and any(v is not None for v in (store, path, embedder, counter)):
+        raise ConfigError("with config=, set store / path / embedder / counter in the MemoryConfig "
+                          "(config.replace(store=...)), not as separate arguments")
 
 
 def buffer_defaults(*, llm: Any, chat_store: Any, token_limit: Optional[int], tokenizer_fn: Optional[Callable[[str], Any]],

@@ -16,18 +16,23 @@ try:
 except ImportError as exc:  # pragma: no cover
     raise missing_extra("llama-index-core", "llama-index") from exc
 
+from tiered_context.core.config import MemoryConfig
 from tiered_context.core.importance import self_information
+from tiered_context.core.items import ContextItem
 from tiered_context.core.lexical import terms
 from tiered_context.core.memory import Compaction, TieredContext
+from tiered_context.core.namespace import check_id
 from tiered_context.core.scoring import ScoringConfig
-from tiered_context.core.store import LocalColdStore
 from tiered_context.core.tokens import TokenCounter
+from tiered_context.errors import ConfigError
 from tiered_context.llama_index._convert import message_text, message_to_item
+from tiered_context.llama_index._recall import render_recall
 from tiered_context.llama_index.instrumentation import dispatcher, emit_assembly
 
 __all__ = ["TieredMemoryBlock", "TieredFactBlock"]
 
 DEFAULT_SESSION = "default"
+_PROBE = ContextItem(id="_", text="x", role="user", timestamp=1.7e9)  # sizes the block's header lines
 
 
 def _session_of(message: ChatMessage, default: str) -> str:
@@ -54,11 +59,14 @@ class TieredMemoryBlock(BaseMemoryBlock[str]):
         block = TieredMemoryBlock(token_limit=800, priority=1)
         memory = Memory.from_defaults(session_id="u1", token_limit=4000, memory_blocks=[block])
 
-    Result: `Memory.aget()` puts ``<TieredMemory>`` lines (dated, speaker-attributed,
-    chronological) in the system message. Sessions are isolated: each `session_id`
-    Memory passes is its own tenant of one shared store. `atruncate` re-assembles under
-    the smaller budget instead of dropping the block, so Memory's truncation keeps the
-    most valuable lines.
+    Result: `Memory.aget()` puts ``<TieredMemory>`` in the system message: one labelled
+    block of recalled history, chronological, under day headers, each line attributed to
+    its speaker, compressed lines marked ``(compressed)`` (see `_recall`). Sessions are
+    isolated: each `session_id` Memory passes (any characters) is its own session of one
+    memory (`TieredContext.sibling`: one `MemoryConfig`, one store). `config=` takes a
+    `MemoryConfig` for every core setting. `atruncate` re-assembles under the smaller
+    budget instead of dropping the block, so Memory's truncation keeps the most valuable
+    lines.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -70,27 +78,37 @@ class TieredMemoryBlock(BaseMemoryBlock[str]):
     embedder: Optional[Any] = Field(default=None, exclude=True)
     store: Optional[Any] = Field(default=None, exclude=True)
     scoring: Optional[ScoringConfig] = Field(default=None, exclude=True)
+    config: Optional[MemoryConfig] = Field(default=None, exclude=True, description="Every core setting as one value.")
 
-    _store: Any = PrivateAttr()
+    _base: TieredContext = PrivateAttr()
     _contexts: Dict[str, TieredContext] = PrivateAttr(default_factory=dict)
     _last: Optional[Tuple[str, str, str]] = PrivateAttr(default=None)  # session, query, content
 
     def model_post_init(self, __context: Any) -> None:
+        from pathlib import Path
+
         from tiered_context.llama_index._session import as_core_embedder
 
-        self.counter = self.counter or TokenCounter()
-        self.embedder = as_core_embedder(self.embedder)
-        self._store = self.store if self.store is not None else LocalColdStore(self.path)
+        if self.config is not None:
+            if any(v is not None for v in (self.store, self.path, self.counter, self.embedder, self.scoring)):
+                raise ConfigError("with config=, set store / path / counter / embedder / scoring in the MemoryConfig")
+            config = self.config
+        else:
+            config = MemoryConfig(
+                path=Path(self.path) if self.path is not None else None, store=self.store, budget=self.token_limit,
+                counter=self.counter or TokenCounter(), embedder=as_core_embedder(self.embedder), scoring=self.scoring,
+                compaction=Compaction.INLINE,
+            )
+        self._base = TieredContext(config=config, session_id=DEFAULT_SESSION)
+        self.counter = self._base.counter
+        self._contexts[DEFAULT_SESSION] = self._base
 
     def context(self, session_id: Optional[str] = None) -> TieredContext:
-        """The `TieredContext` of one session (created on first use)."""
-        session = session_id or DEFAULT_SESSION
+        """The `TieredContext` of one session (created on first use: same settings, same store)."""
+        session = check_id(session_id or DEFAULT_SESSION, name="session_id")
         ctx = self._contexts.get(session)
         if ctx is None:
-            ctx = self._contexts[session] = TieredContext(
-                session_id=session, budget=self.token_limit, counter=self.counter, embedder=self.embedder,
-                store=self._store, scoring=self.scoring, compaction=Compaction.INLINE,
-            )
+            ctx = self._contexts[session] = self._base.sibling(session_id=session)
         return ctx
 
     async def _aput(self, messages: List[ChatMessage]) -> None:
@@ -108,10 +126,26 @@ class TieredMemoryBlock(BaseMemoryBlock[str]):
         query = _query_of(messages)
         if len(ctx) == 0 or not query.strip():
             return ""
-        out = await ctx.aassemble(query, budget=self.token_limit)
+        out = await ctx.aassemble(query, budget=self._room(self.token_limit))
         emit_assembly(out, component=self.name, session_id=session, query=query, budget=self.token_limit)
-        self._last = (session, query, out.text)
-        return out.text
+        text = self._fit(out, self.token_limit)
+        self._last = (session, query, text)
+        return text
+
+    def _room(self, limit: int) -> int:
+        """The core's budget for a block of `limit` tokens (the header takes its share)."""
+        return max(1, limit - self.counter.count(render_recall([_PROBE])) + self.counter.count("user: x"))
+
+    def _fit(self, out: Any, limit: int) -> str:
+        """The labelled block of `out`'s items within `limit` tokens (least valuable lines out first)."""
+        items = sorted(out.items, key=lambda i: (i.timestamp, i.seq))
+        scores = out.report.scores
+        while items:
+            text = render_recall(items)
+            if self.counter.count(text) <= limit:
+                return text
+            items.remove(min(items, key=lambda i: (max((scores.get(o, {}).get("value", 0.0) for o in i.origin_ids), default=0.0), i.seq)))
+        return ""
 
     async def atruncate(self, content: str, tokens_to_truncate: int) -> Optional[str]:
         """Re-assemble under ``tokens(content) - tokens_to_truncate`` (None when nothing fits)."""
@@ -120,8 +154,8 @@ class TieredMemoryBlock(BaseMemoryBlock[str]):
             return None
         if self._last is not None and self._last[2] == content:
             session, query, _ = self._last
-            out = await self.context(session).aassemble(query, budget=target)
-            return out.text or None
+            out = await self.context(session).aassemble(query, budget=self._room(target))
+            return self._fit(out, target) or None
         lines = content.splitlines()  # not ours to re-assemble: drop the oldest lines
         while lines and self.counter.count("\n".join(lines)) > target:
             lines.pop(0)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, Iterable, List, Optional, Union
 
 from tiered_context.errors import missing_extra
 
@@ -19,9 +19,11 @@ except ImportError as exc:  # pragma: no cover
 
 from tiered_context.core.assembler import AssembledContext
 from tiered_context.core.budget import Budget
+from tiered_context.core.config import MemoryConfig
 from tiered_context.core.memory import Compaction, TieredContext
+from tiered_context.core.namespace import check_id
 from tiered_context.core.scoring import ScoringConfig
-from tiered_context.core.store import ColdStore, LocalColdStore
+from tiered_context.core.store import ColdStore
 from tiered_context.core.tokens import TokenCounter
 from tiered_context.errors import BudgetError, ConfigError
 from tiered_context.llama_index._log import MessageLog
@@ -33,30 +35,27 @@ from tiered_context.llama_index._convert import (
     messages_to_items,
     stored_message,
 )
-from tiered_context.llama_index._select import Selection
+from tiered_context.llama_index._select import MemoryView, Selection
 from tiered_context.llama_index._session import (
     DEFAULT_TOKEN_LIMIT,
     BufferSerialization,
     as_core_embedder,
     buffer_defaults,
-    common_prefix,
     check_seams,
-    find_generation,
-    record_generation,
-    tenant,
+    common_prefix,
+    migrate_legacy,
 )
 from tiered_context.llama_index.instrumentation import dispatcher, emit_assembly, emit_ladder
 
-__all__ = ["TieredMemory"]
-
+__all__ = ["TieredMemory", "MemoryView"]
 
 
 class TieredMemory(BufferSerialization, BaseMemory):
-    """A drop-in for `Memory` / `ChatMemoryBuffer` that assembles, for every call, the
-    history the next answer needs under `token_limit`: the current turn and the latest
-    messages verbatim, older relevant messages retrieved from the archive (hybrid BM25 +
-    dense), compressed forms when the working set grows, tool calls and their results
-    always together.
+    """A drop-in for `Memory` / `ChatMemoryBuffer` that hands the model, for every call,
+    a valid conversation of at most `token_limit` tokens: the current turn and the latest
+    messages verbatim, and what older history the next answer needs (retrieved from the
+    archive with hybrid BM25 + dense, compressed or summarised when the working set grows)
+    as one labelled, dated, speaker-attributed block in the system message.
 
     Setup (one line changes)::
 
@@ -72,27 +71,41 @@ class TieredMemory(BufferSerialization, BaseMemory):
         engine = SimpleChatEngine.from_defaults(llm=llm, memory=memory)
 
     Result: `get(input=...)` / `aget` return real `ChatMessage`s (blocks and
-    `additional_kwargs` intact) whose exact token count, tool calls, thinking and media
-    included, is at most `token_limit` (minus `initial_token_count`; only the latest
-    message, with its tool-call bundle, comes back alone even when it is longer, as in
-    `ChatMemoryBuffer`). `get_all()` returns
-    every message ever put (since the last `reset`/`set`). `last_assembled` holds the
-    core's `AssembledContext` of the last `get` (provenance, scores, tokens per tier);
-    `feedback(used_ids)` teaches the scorer what answers used.
+    `additional_kwargs` intact) under the conversation contract (`core.conversation`):
+    system messages first; the latest user message and the tool loop after it verbatim
+    (an oversized tool result is cut with a marker, the user's message never is); the
+    first non-system message is the user's; tool results right after their calls;
+    ``alternate=True`` makes roles strictly alternate (merging same-role neighbours) for
+    providers and chat templates that need it. The exact token count (tool calls,
+    thinking, media included) is at most `token_limit - initial_token_count` unless the
+    system messages and the current user message alone exceed it.
+
+    Recalled history is never passed off as what people said: it is one block under a
+    header, ``speaker: text`` lines under day headers, compressed lines marked
+    ``(compressed)``, summaries marked. ``in_place=True`` puts recalled messages back at
+    their positions instead (compressed ones rewritten), the previous behaviour.
+
+    `select(input=...)` returns a `MemoryView` (messages, positions, the core's
+    `AssembledContext`); `feedback(view.assembled, used_ids)` teaches the scorer what an
+    answer used. `get_all()` returns every message put since the last `reset`/`set`.
 
     Nothing is deleted: `reset()` and `set()` start a new generation of the session (the
-    old one stays archived under ``"<session_id>~<n>"``), so `get_all()` is empty after a
-    reset as with LlamaIndex's memories, yet the data is still in the store.
+    core's `TieredContext.reset`: the old one stays archived), so `get_all()` is empty
+    after a reset as with LlamaIndex's memories, yet the data is still in the store.
+    Session ids may hold any characters (each is a field of the core's `Namespace`).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     token_limit: int = Field(default=DEFAULT_TOKEN_LIMIT, gt=0, description="Hard limit of what get() returns, in tokens.")
-    session_id: str = Field(default=DEFAULT_CHAT_STORE_KEY, min_length=1, description="Session scope (tenant) in the store.")
+    session_id: str = Field(default=DEFAULT_CHAT_STORE_KEY, min_length=1, description="Session scope in the store.")
     chat_store_key: str = Field(default=DEFAULT_CHAT_STORE_KEY, description="ChatMemoryBuffer's name for the session key.")
-    recent_messages: int = Field(default=4, ge=0, description="Latest messages always offered verbatim (the current turn always is).")
+    user_id: Optional[str] = Field(default=None, description="Whose learned preferences (and data) this is.")
+    recent_messages: int = Field(default=2, ge=0, description="Messages before the current turn always sent verbatim when they fit.")
     pin_system: bool = Field(default=True, description="System messages stay in every get().")
-    start_with_user: bool = Field(default=True, description="The first non-system message returned is a user message.")
+    start_with_user: bool = Field(default=True, description="Always true (the conversation contract); kept for compatibility.")
+    alternate: bool = Field(default=False, description="Roles strictly alternate user / assistant (merged when needed).")
+    in_place: bool = Field(default=False, description="Recalled messages go back at their positions instead of the labelled block.")
     path: Optional[str] = Field(default=None, description="Directory of the on-disk archive (None: in memory).")
     media_tokens: MediaTokens = Field(default_factory=MediaTokens, exclude=True)
     tokenizer_fn: Optional[Callable[[str], Any]] = Field(default=None, exclude=True)
@@ -101,22 +114,20 @@ class TieredMemory(BufferSerialization, BaseMemory):
     embedder: Optional[Any] = Field(default=None, exclude=True, description="A core Embedder or a LlamaIndex BaseEmbedding.")
     store: Optional[Any] = Field(default=None, exclude=True, description="A core ColdStore shared by sessions.")
     scoring: Optional[ScoringConfig] = Field(default=None, exclude=True)
+    config: Optional[MemoryConfig] = Field(default=None, exclude=True, description="Every core setting as one value.")
     compaction: str = Field(default=Compaction.BACKGROUND.value)
     working_set_tokens: Optional[int] = Field(default=None, gt=0)
     chat_history: Optional[List[ChatMessage]] = Field(default=None, exclude=True, description="Initial messages (consumed).")
     context_factory: Optional[Callable[[str], TieredContext]] = Field(
         default=None, exclude=True,
-        description="tenant -> TieredContext(session_id=tenant, store=shared, ...): any core option (summarizer, compression).",
+        description="session_id -> TieredContext(session_id=session_id, ...): any core option (summarizer, compression).",
     )
 
     _ctx: TieredContext = PrivateAttr()
-    _store: ColdStore = PrivateAttr()
     _owns_store: bool = PrivateAttr(default=False)
-    _generation: int = PrivateAttr(default=0)
     _log: MessageLog = PrivateAttr(default_factory=MessageLog)  # every message of get_all(), indexed
     _lock: Any = PrivateAttr(default_factory=threading.RLock)
-    _last: Optional[AssembledContext] = PrivateAttr(default=None)
-    _last_positions: List[Optional[int]] = PrivateAttr(default_factory=list)
+    _last_view: Optional[MemoryView] = PrivateAttr(default=None)
 
     # -- construction ------------------------------------------------------------------
     @classmethod
@@ -134,16 +145,20 @@ class TieredMemory(BufferSerialization, BaseMemory):
         tokenizer_fn: Optional[Callable[[str], Any]] = None,
         *,
         session_id: Optional[str] = None,
+        user_id: Optional[str] = None,
         path: Optional[Union[str, Path]] = None,
         store: Optional[ColdStore] = None,
         embedder: Optional[Any] = None,
         embed_model: Optional[Any] = None,
         counter: Optional[TokenCounter] = None,
         scoring: Optional[ScoringConfig] = None,
+        config: Optional[MemoryConfig] = None,
         compaction: Union[Compaction, str] = Compaction.BACKGROUND,
-        recent_messages: int = 4,
+        recent_messages: int = 2,
         pin_system: bool = True,
         start_with_user: bool = True,
+        alternate: bool = False,
+        in_place: bool = False,
         working_set_tokens: Optional[int] = None,
         media_tokens: Optional[MediaTokens] = None,
         context_factory: Optional[Callable[[str], TieredContext]] = None,
@@ -151,21 +166,26 @@ class TieredMemory(BufferSerialization, BaseMemory):
         """Accepts `ChatMemoryBuffer.from_defaults` arguments (`chat_history`, `llm`,
         `chat_store_key`, `token_limit`, `tokenizer_fn`) and the tiered ones.
 
-        `context_factory` builds the `TieredContext` of each generation of the session
-        (``lambda tenant: TieredContext(session_id=tenant, store=store, summarizer=...)``)
-        for core options this adapter does not expose; it must use one store throughout.
-        `llm` sets the token limit to 75% of its context window when `token_limit` is not
-        given, and the tokenizer when its model name is a known OpenAI / Llama 3 / Qwen
-        model. `chat_store` is not supported (the archive is the store): pass `path=` or
-        `store=` instead. `embed_model` takes a LlamaIndex `BaseEmbedding`.
+        Core settings come from `config` (a `MemoryConfig`: summarizer, compression, any
+        store) or the shortcuts `path` / `store` / `embedder` / `counter` / `scoring` /
+        `compaction` / `working_set_tokens`; `context_factory(session_id)` (returns a
+        `TieredContext`) is still accepted. `token_limit` is this memory's hard limit
+        whatever the config's budget. `llm` sets the token limit to 75% of its context
+        window when `token_limit` is not given, and the tokenizer when its model name is a
+        known OpenAI / Llama 3 / Qwen model. `chat_store` is not supported (the archive is
+        the store): pass `path=` or `store=` instead. `embed_model` takes a LlamaIndex
+        `BaseEmbedding`.
         """
-        check_seams(store=store, path=path, context_factory=context_factory, embedder=embed_model or embedder, counter=counter)
+        check_seams(store=store, path=path, context_factory=context_factory, embedder=embed_model or embedder,
+                    counter=counter, config=config)
         token_limit, counter = buffer_defaults(llm=llm, chat_store=chat_store, token_limit=token_limit,
-                                               tokenizer_fn=tokenizer_fn, counter=counter, context_factory=context_factory)
+                                               tokenizer_fn=tokenizer_fn, counter=counter,
+                                               context_factory=context_factory or config)
         return cls(
             token_limit=token_limit,
-            session_id=session_id or chat_store_key,
+            session_id=session_id if session_id is not None else chat_store_key,
             chat_store_key=chat_store_key,
+            user_id=user_id,
             chat_history=chat_history,
             tokenizer_fn=tokenizer_fn,
             path=str(path) if path is not None else None,
@@ -173,61 +193,72 @@ class TieredMemory(BufferSerialization, BaseMemory):
             embedder=embed_model if embed_model is not None else embedder,
             counter=counter,
             scoring=scoring,
+            config=config,
             compaction=Compaction(compaction).value,
             recent_messages=recent_messages,
             pin_system=pin_system,
             start_with_user=start_with_user,
+            alternate=alternate,
+            in_place=in_place,
             working_set_tokens=working_set_tokens,
             media_tokens=media_tokens or MediaTokens(),
             context_factory=context_factory,
         )
 
     def model_post_init(self, __context: Any) -> None:
-        check_seams(store=self.store, path=self.path, context_factory=self.context_factory, embedder=self.embedder, counter=self.counter)
-        first: Optional[TieredContext] = None
+        check_id(self.session_id, name="session_id")
+        check_id(self.user_id, name="user_id", optional=True)
+        check_seams(store=self.store, path=self.path, context_factory=self.context_factory, embedder=self.embedder,
+                    counter=self.counter, config=self.config)
+        if not self.start_with_user:
+            warnings.warn("start_with_user=False has no effect: the first non-system message is always the user's "
+                          "(the conversation contract)", DeprecationWarning, stacklevel=3)
         if self.context_factory is not None:
-            first = self.context_factory(self._tenant(0))
-            self.store, self.embedder, self.counter = first.store, first.embedder, first.counter
-        self.counter = self.counter or TokenCounter()
+            ctx = self.context_factory(self.session_id)
+            if not isinstance(ctx, TieredContext) or ctx.session_id != self.session_id:
+                raise ConfigError("context_factory(session_id) must return TieredContext(session_id=session_id, ...)")
+            self._owns_store = False
+        else:
+            ctx = TieredContext(config=self._config(), session_id=self.session_id, user_id=self.user_id)
+            # the memory opened its store itself (no store= / config.store given): it closes it
+            self._owns_store = self.store is None and (self.config is None or self.config.store is None)
+        self._ctx = ctx
+        self.store, self.counter, self.embedder = ctx.store, ctx.counter, ctx.embedder
+        if self.path is None and ctx.path is not None:
+            self.path = str(ctx.path)
         if self.tokenizer_fn is None:
             self.tokenizer_fn = SizedTokens(self.counter)
-        self.embedder = as_core_embedder(self.embedder)
-        self._owns_store = self.store is None
-        self._store = self.store if self.store is not None else LocalColdStore(self.path)
-        self._generation = find_generation(self._store, self.session_id, self.path)
-        self._ctx = first if first is not None and self._generation == 0 else self._new_context(self._generation)
+        migrate_legacy(ctx, self.path)
         self._load_history()
         if self.chat_history:
             initial, self.chat_history = list(self.chat_history), None
             self.set(initial)
         self.chat_history = None
 
-    def _tenant(self, generation: int) -> str:
-        return tenant(self.session_id, generation)
-
-    def _budget(self) -> Budget:
-        return Budget(max_tokens=self.token_limit, working_set_tokens=self.working_set_tokens, recent_items=self.recent_messages)
-
-    def _new_context(self, generation: int) -> TieredContext:
-        tenant = self._tenant(generation)
-        if self.context_factory is not None:
-            ctx = self.context_factory(tenant)
-            if ctx.session_id != tenant or ctx.store is not self._store:
-                raise ConfigError("context_factory(tenant) must return TieredContext(session_id=tenant, store=<one shared store>)")
-            return ctx
-        return TieredContext(
-            session_id=tenant,
-            budget=self._budget(),
-            counter=self.counter,
-            embedder=self.embedder,
-            store=self._store,
+    def _config(self) -> MemoryConfig:
+        """The core settings, as one value: `config` (its budget sized to this memory) or
+        the shortcuts."""
+        session = self.session_id
+        if self.config is not None:
+            budget = self.config.budget
+            if self.working_set_tokens is not None or budget.max_tokens != self.token_limit:
+                budget = Budget(max_tokens=self.token_limit, working_set_tokens=self.working_set_tokens or budget.working_set_tokens,
+                                alert_at=budget.alert_at, compress_at=budget.compress_at, prune_at=budget.prune_at,
+                                compression_ratio=budget.compression_ratio, recent_items=self.recent_messages)
+            return self.config.replace(budget=budget)
+        return MemoryConfig(
+            path=Path(self.path) if self.path is not None else None,
+            store=self.store,
+            budget=Budget(max_tokens=self.token_limit, working_set_tokens=self.working_set_tokens, recent_items=self.recent_messages),
+            counter=self.counter or TokenCounter(),
+            embedder=as_core_embedder(self.embedder),
             scoring=self.scoring,
             compaction=self.compaction,
-            on_event=lambda event: emit_ladder(tenant, event),
+            on_event=lambda event: emit_ladder(session, event),
         )
 
     def _load_history(self) -> None:
-        originals = sorted((i for i in self._store.items(self._ctx.session_id) if not i.is_derived), key=lambda i: i.seq)
+        originals = sorted((i for i in self._ctx.store.items(self._ctx.namespace.key) if not i.is_derived), key=lambda i: i.seq)
         self._log.clear()
         for item in originals:
             message = stored_message(item)
@@ -244,15 +275,23 @@ class TieredMemory(BufferSerialization, BaseMemory):
         return self._ctx
 
     @property
+    def generation(self) -> int:
+        """How many times `reset()` / `set()` started a fresh history of this session."""
+        return self._ctx.generation
+
+    @property
     def last_assembled(self) -> Optional[AssembledContext]:
-        """The core's result behind the last `get` / `aget` (items, report, provenance)."""
-        return self._last
+        """The core's result behind the latest `get` of this memory, for inspection only
+        (under concurrent requests use `select()` and the `MemoryView` it returns)."""
+        view = self._last_view
+        return view.assembled if view is not None else None
 
     @property
     def last_positions(self) -> List[Optional[int]]:
-        """For each message the last `get` returned: its index in `get_all()` (None for a
-        summary). Compressed or shortened messages point to their original."""
-        return list(self._last_positions)
+        """For each message the latest `get` returned: its index in `get_all()` (None for
+        a system message holding only the recall block). Inspection only, as `last_assembled`."""
+        view = self._last_view
+        return list(view.positions) if view is not None else []
 
     @property
     def history_tokens(self) -> int:
@@ -264,11 +303,17 @@ class TieredMemory(BufferSerialization, BaseMemory):
         media and framing included)."""
         return sum(message_tokens(m, self.counter, self.media_tokens) for m in messages)
 
-    def feedback(self, used: Sequence[str], *, user_id: Optional[str] = None) -> None:
-        """Which items (ids from `last_assembled.items`) the last answer used: updates the
-        learned priority weights."""
-        if self._last is not None:
-            self._ctx.feedback(self._last, used, user_id=user_id)
+    def feedback(self, assembled: Union[AssembledContext, MemoryView], used: Iterable[str], *, user_id: Optional[str] = None) -> None:
+        """Which items of `assembled` (the `AssembledContext` or `MemoryView` of the answer's
+        `select()`; ids or origin ids) the answer used: updates the learned weights."""
+        if isinstance(assembled, MemoryView):
+            assembled = assembled.assembled
+        if assembled is None:
+            return  # nothing was recalled for that call
+        if not isinstance(assembled, AssembledContext):
+            raise TypeError("feedback(assembled, used): pass the result the answer was built from, "
+                            "view = memory.select(...); memory.feedback(view, used=[...]), not only the used ids")
+        self._ctx.feedback(assembled, list(used), user_id=user_id or self.user_id)
 
     # -- writing -----------------------------------------------------------------------
     def _items_for(self, messages: Sequence[ChatMessage]) -> list:
@@ -297,9 +342,11 @@ class TieredMemory(BufferSerialization, BaseMemory):
             return
         with self._lock:
             items = self._items_for(messages)
-        stored = await self._ctx.aput_many(items)
+            ctx = self._ctx
+        stored = await ctx.aput_many(items)
         with self._lock:
-            self._record(stored)
+            if ctx is self._ctx:
+                self._record(stored)
 
     def set(self, messages: List[ChatMessage]) -> None:
         """Make `messages` the history. When they extend the current history only the new
@@ -327,14 +374,11 @@ class TieredMemory(BufferSerialization, BaseMemory):
         self.reset()
 
     def _new_generation(self) -> None:
-        if not self._log and self._store.count(self._ctx.session_id) == 0:
+        if not self._log and len(self._ctx) == 0:
             return  # already empty: reuse this generation
-        self._ctx.flush()
-        self._generation += 1
-        self._ctx = self._new_context(self._generation)
+        self._ctx.reset()  # the core's one generation mechanism: an archived marker
         self._log.clear()
-        self._last = None
-        record_generation(self.path, self.session_id, self._generation)
+        self._last_view = None
 
     # -- reading -----------------------------------------------------------------------
     def get_all(self) -> List[ChatMessage]:
@@ -347,25 +391,36 @@ class TieredMemory(BufferSerialization, BaseMemory):
     @dispatcher.span
     def get(self, input: Optional[Union[str, ChatMessage]] = None, initial_token_count: int = 0, **kwargs: Any) -> List[ChatMessage]:
         """The messages for the next call under `token_limit - initial_token_count`:
-        relevant to `input` (default: the latest user message)."""
-        plan = self._plan(input, initial_token_count)
-        if plan.done is None:
-            try:
-                plan.accept(plan.ctx.assemble(plan.query, budget=plan.budget))
-            except BudgetError as exc:
-                return plan.fallback(exc)
-        return self._finish(plan)
+        recall relevant to `input` (default: the latest user message)."""
+        return self.select(input, initial_token_count).messages
 
     @dispatcher.span
     async def aget(self, input: Optional[Union[str, ChatMessage]] = None, initial_token_count: int = 0, **kwargs: Any) -> List[ChatMessage]:
         """Async twin of `get` (the assembly runs off the event loop)."""
+        return (await self.aselect(input, initial_token_count)).messages
+
+    def select(self, input: Optional[Union[str, ChatMessage]] = None, initial_token_count: int = 0) -> MemoryView:
+        """What `get` returns, with why: a `MemoryView` (messages, their positions in
+        `get_all()`, the recalled positions, the core's `AssembledContext`)."""
         plan = self._plan(input, initial_token_count)
-        if plan.done is None:
+        budget = plan.recall_budget
+        while budget is not None:
             try:
-                plan.accept(await plan.ctx.aassemble(plan.query, budget=plan.budget))
+                budget = plan.accept(plan.ctx.assemble(plan.query, budget=budget, user_id=self.user_id))
             except BudgetError as exc:
-                return plan.fallback(exc)
-        return self._finish(plan)
+                return self._finish(plan, plan.fallback(exc))
+        return self._finish(plan, plan.result())
+
+    async def aselect(self, input: Optional[Union[str, ChatMessage]] = None, initial_token_count: int = 0) -> MemoryView:
+        """Async twin of `select`."""
+        plan = self._plan(input, initial_token_count)
+        budget = plan.recall_budget
+        while budget is not None:
+            try:
+                budget = plan.accept(await plan.ctx.aassemble(plan.query, budget=budget, user_id=self.user_id))
+            except BudgetError as exc:
+                return self._finish(plan, plan.fallback(exc))
+        return self._finish(plan, plan.result())
 
     def _plan(self, input: Any, initial_token_count: int) -> Selection:
         if initial_token_count > self.token_limit:
@@ -373,30 +428,22 @@ class TieredMemory(BufferSerialization, BaseMemory):
         with self._lock:
             plan = Selection(self, input, self.token_limit - initial_token_count)
             plan.ctx = self._ctx
-            if plan.done is None:  # the current turn is always offered, verbatim when it fits
-                self._ctx.budget = replace(self._ctx.budget, recent_items=plan.tail)
         return plan
 
-    def _finish(self, plan: Selection) -> List[ChatMessage]:
-        if plan.done is not None:
-            self._last_positions = list(plan.positions)
-            return plan.done
-        messages, tokens = plan.result()
-        self._last_positions = list(plan.positions)
-        if plan.out is not None:
-            self._last = plan.out
-            emit_assembly(plan.out, component="TieredMemory", session_id=self.session_id, query=plan.query,
-                          budget=plan.limit, tokens=tokens, history_tokens=plan.history_tokens, messages=len(messages))
-        return messages
+    def _finish(self, plan: Selection, view: MemoryView) -> MemoryView:
+        self._last_view = view
+        if view.assembled is not None:
+            emit_assembly(view.assembled, component="TieredMemory", session_id=self.session_id, query=plan.query,
+                          budget=plan.limit, tokens=view.tokens, history_tokens=plan.history_tokens, messages=len(view.messages))
+        return view
 
     def close(self) -> None:
         """Wait for background compaction; close the archive if this memory opened it."""
         self._ctx.flush()
         if self._owns_store:
-            close = getattr(self._store, "close", None)
-            if close is not None:
-                close()
+            self._ctx.close()
 
     def __repr__(self) -> str:
-        return (f"TieredMemory(session_id={self.session_id!r}, token_limit={self.token_limit}, "
+        gen = f", generation={self.generation}" if self.generation else ""
+        return (f"TieredMemory(session_id={self.session_id!r:.60}{gen}, token_limit={self.token_limit}, "
                 f"messages={len(self._log)}, history_tokens={self.history_tokens})")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from tiered_context.errors import ConfigError, missing_extra
 
@@ -34,12 +35,13 @@ def _flat(value: Any) -> Any:
 class TieredRetriever(BaseRetriever):
     """Retrieves from every tier of a `TieredContext` (or a `TieredMemory`) with the
     core's assembly: hybrid BM25 + dense candidates, recency, importance and learned
-    preference, packed into `token_budget` tokens.
+    preference, packed into `token_limit` tokens (`token_budget=` is its deprecated old
+    name, kept for one release).
 
     Setup and use::
 
         ctx = TieredContext(session_id="kb")
-        retriever = TieredRetriever(ctx, token_budget=1500)
+        retriever = TieredRetriever(ctx, token_limit=1500)
         retriever.put_nodes(SentenceSplitter().get_nodes_from_documents(docs))
         engine = RetrieverQueryEngine.from_args(retriever, llm=llm)
         nodes = await retriever.aretrieve("When is the Lisbon launch?")
@@ -48,14 +50,17 @@ class TieredRetriever(BaseRetriever):
     carries provenance in its metadata: ``tier`` (L1 / L2 / L3), ``origin_ids`` (the
     stored originals it stands for), ``compressed`` (a shorter form was used), ``role``
     and the item's own metadata (the source node id as ``source_node_id`` for nodes put
-    with `put_nodes`). `last_assembled` is the core's full result (report, scores).
+    with `put_nodes`). `retrieve_with_result(query)` returns the nodes and the core's
+    `AssembledContext` (report, scores); pass that to `feedback(used, assembled=...)`.
+    `last_assembled` is the latest one, for inspection only.
     """
 
     def __init__(
         self,
         context: Any,
         *,
-        token_budget: int = 2000,
+        token_limit: Optional[int] = None,
+        token_budget: Optional[int] = None,
         user_id: Optional[str] = None,
         callback_manager: Optional[CallbackManager] = None,
         verbose: bool = False,
@@ -63,13 +68,25 @@ class TieredRetriever(BaseRetriever):
         ctx = getattr(context, "context", context)  # a TieredMemory exposes its TieredContext
         if not isinstance(ctx, TieredContext):
             raise ConfigError(f"TieredRetriever needs a TieredContext or TieredMemory, got {type(context).__name__}")
-        if token_budget <= 0:
-            raise ConfigError("token_budget must be a positive number of tokens")
+        if token_budget is not None:
+            if token_limit is not None:
+                raise ConfigError("pass token_limit= only (token_budget= is its deprecated old name)")
+            warnings.warn("TieredRetriever(token_budget=...) is deprecated; use token_limit= (token_budget goes in the "
+                          "next release)", DeprecationWarning, stacklevel=2)
+            token_limit = token_budget
+        token_limit = 2000 if token_limit is None else token_limit
+        if not isinstance(token_limit, int) or isinstance(token_limit, bool) or token_limit <= 0:
+            raise ConfigError(f"token_limit must be a positive int number of tokens, got {token_limit!r}")
         self._source = context
-        self.token_budget = token_budget
+        self.token_limit = token_limit
         self.user_id = user_id
         self.last_assembled: Optional[AssembledContext] = None
         super().__init__(callback_manager=callback_manager, verbose=verbose)
+
+    @property
+    def token_budget(self) -> int:
+        """Deprecated: `token_limit`."""
+        return self.token_limit
 
     @property
     def context(self) -> TieredContext:
@@ -97,7 +114,7 @@ class TieredRetriever(BaseRetriever):
     # -- reading -------------------------------------------------------------------------
     def _nodes(self, out: AssembledContext, query: str) -> List[NodeWithScore]:
         self.last_assembled = out
-        emit_assembly(out, component="TieredRetriever", session_id=self.context.session_id, query=query, budget=self.token_budget)
+        emit_assembly(out, component="TieredRetriever", session_id=self.context.session_id, query=query, budget=self.token_limit)
         scores = out.report.scores
         result = []
         for item in out.items:
@@ -121,19 +138,35 @@ class TieredRetriever(BaseRetriever):
         result.sort(key=lambda n: -(n.score or 0.0))
         return result
 
+    def retrieve_with_result(self, query: Union[str, QueryBundle]) -> Tuple[List[NodeWithScore], AssembledContext]:
+        """The nodes and the core's result behind them (for `feedback`, safe under concurrency)."""
+        text = query.query_str if isinstance(query, QueryBundle) else str(query)
+        out = self.context.assemble(text, budget=self.token_limit, user_id=self.user_id)
+        return self._nodes(out, text), out
+
+    async def aretrieve_with_result(self, query: Union[str, QueryBundle]) -> Tuple[List[NodeWithScore], AssembledContext]:
+        text = query.query_str if isinstance(query, QueryBundle) else str(query)
+        out = await self.context.aassemble(text, budget=self.token_limit, user_id=self.user_id)
+        return self._nodes(out, text), out
+
     def _retrieve(self, query_bundle: QueryBundle) -> List[NodeWithScore]:
-        query = query_bundle.query_str
-        out = self.context.assemble(query, budget=self.token_budget, user_id=self.user_id)
-        return self._nodes(out, query)
+        return self.retrieve_with_result(query_bundle)[0]
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> List[NodeWithScore]:
-        query = query_bundle.query_str
-        out = await self.context.aassemble(query, budget=self.token_budget, user_id=self.user_id)
-        return self._nodes(out, query)
+        return (await self.aretrieve_with_result(query_bundle))[0]
 
-    def feedback(self, used: Sequence[Union[str, NodeWithScore]]) -> None:
-        """Which retrieved nodes (ids or NodeWithScore) the answer used: learns preferences."""
-        if self.last_assembled is None:
-            return
+    def feedback(self, used: Sequence[Union[str, NodeWithScore]], *, assembled: Optional[AssembledContext] = None) -> None:
+        """Which retrieved nodes (ids or NodeWithScore) the answer used: learns preferences.
+
+        `assembled`: the result the answer was built from (`retrieve_with_result`); without
+        it, the nodes' own provenance is used: each node carries its origin ids and score
+        parts are taken from the latest result only if it produced those nodes."""
         ids = [u.node.node_id if isinstance(u, NodeWithScore) else str(u) for u in used]
-        self.context.feedback(self.last_assembled, ids, user_id=self.user_id)
+        out = assembled
+        if out is None:
+            latest = self.last_assembled
+            if latest is None or not set(ids) <= {i.id for i in latest.items} | {o for i in latest.items for o in i.origin_ids}:
+                raise ConfigError("feedback: pass assembled= (from retrieve_with_result) - the latest result of this "
+                                  "retriever did not produce these nodes")
+            out = latest
+        self.context.feedback(out, ids, user_id=self.user_id)
