@@ -276,8 +276,8 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "tiered:dense-only": _ablation("tiered:dense-only", scoring={"bm25_share": 0.0}),
     # the fusion's BM25 share fixed at 0.5 for every query (no shrinking for chat messages)
     "tiered:fixed-fusion": _ablation("tiered:fixed-fusion", scoring={"adaptive_fusion": False}),
-    # relative dates in the query ("two weeks ago") ignored
-    "tiered:no-time": _ablation("tiered:no-time", scoring={"time_match_boost": 0.0}),
+    # relevant items from the span a relative date in the query names ("two weeks ago") count double
+    "tiered:time": _ablation("tiered:time", scoring={"time_match_boost": 1.0}),
     "tiered:no-neighbours": _ablation("tiered:no-neighbours", scoring={"neighbour_decay": 0.0}),
     # the preset for meeting transcripts: a strong hit's neighbours inherit more, farther
     "tiered:transcript": _ablation("tiered:transcript", transcripts=True),

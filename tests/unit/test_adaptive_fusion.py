@@ -1,0 +1,118 @@
+"""Relevance that knows what kind of query it has, and the conversational-query dev set."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tiered_context.core.scoring import Scorer, ScoringConfig, query_share
+from tiered_context.core.store import SignalStats
+from tiered_context.errors import ConfigError
+from tiered_context.evals.conversational import conversational_queries
+from tiered_context.evals.datasets import Conversation, Question, Turn
+
+
+@pytest.mark.parametrize("query", [
+    "When is the Lisbon launch?",
+    "what did Ana say about the budget",
+    "Lisbon launch budget",                      # a keyword query: short
+    "Tell me about the trip to Porto and everything we booked for the kids last summer",
+])
+def test_questions_and_keyword_queries_keep_the_configured_share(query: str) -> None:
+    assert query_share(query, ScoringConfig()) == 0.5
+
+
+def test_a_long_chat_message_leans_on_meaning() -> None:
+    message = ("I ended up volunteering for that project at work, and honestly now I'm totally "
+               "overwhelmed with meetings every single evening")
+    share = query_share(message, ScoringConfig())
+    assert 0 < share < 0.25
+    assert query_share(message, ScoringConfig(adaptive_fusion=False)) == 0.5
+    # the ablations' fixed ends stay fixed
+    assert query_share(message, ScoringConfig(bm25_share=1.0)) == 1.0
+    assert query_share(message, ScoringConfig(bm25_share=0.0)) == 0.0
+
+
+def test_scorer_uses_the_query_share() -> None:
+    bm25 = np.array([5.0, 0.0], dtype=np.float32)  # lexical says item 0
+    dense = np.array([0.1, 0.9], dtype=np.float32)  # meaning says item 1
+    args = dict(bm25=bm25, dense=dense, seqs=np.zeros(2, np.float32), importance=np.zeros(2, np.float32),
+                latest_seq=0, stats=SignalStats(bm25_mean=0.0, bm25_std=1.25, dense_mean=0.1, dense_std=0.4))
+    scorer = Scorer(ScoringConfig(recency_weight=0.0, importance_weight=0.0))
+    question = scorer.score(**args, query="Which project did I volunteer for?")
+    message = scorer.score(**args, query="so yeah I said yes to it after all and now every evening is gone, "
+                                          "my calendar is packed and I regret it a little")
+    assert question[0].relevance > question[1].relevance
+    assert message[1].relevance > message[0].relevance
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError):
+        ScoringConfig(short_query_terms=0)
+
+
+def _conv() -> Conversation:
+    texts = [f"filler turn number {i} about weather and lunch" for i in range(30)]
+    texts[3] = "My sister finally adopted a rescue greyhound."          # session 1
+    texts[25] = "Walking him twice daily keeps her calmer, she says."  # session 2: refers back, no shared term
+    texts[27] = "My sister adopted another greyhound!"                  # shares terms with turn 3
+    turns = [Turn(id=f"t{i}", speaker="Ana" if i % 2 else "Bo", text=t, timestamp=float(i),
+                  session=1 if i < 20 else 2) for i, t in enumerate(texts)]
+    questions = [
+        Question(id="q1", text="What pet did Ana's sister adopt?", evidence=("t3", "t25"), category="1", answer=None),
+        Question(id="q2", text="How many greyhounds?", evidence=("t3", "t27"), category="1", answer=None),
+        Question(id="q3", text="Single turn", evidence=("t5",), category="4", answer=None),
+    ]
+    return Conversation(id="c", dataset="locomo", turns=turns, questions=questions, speakers=("Bo", "Ana"))
+
+
+def test_conversational_queries_are_later_evidence_without_shared_terms() -> None:
+    (conv,) = conversational_queries([_conv()])
+    (q,) = conv.questions
+    assert conv.dataset == "conversational" and q.category == "conv:multi-hop"
+    assert q.text == "Walking him twice daily keeps her calmer, she says." and q.evidence == ("t3",)
+    assert [t.id for t in conv.turns] == [f"t{i}" for i in range(25)]  # history ends before the message
+
+
+def test_time_window_reads_relative_dates() -> None:
+    from datetime import datetime, timezone
+
+    from tiered_context.core.scoring import time_window
+
+    now = datetime(2023, 5, 30, 23, 42, tzinfo=timezone.utc).timestamp()  # a Tuesday
+    day = 86400.0
+
+    def inside(query: str, when: datetime) -> bool:
+        window = time_window(query, now)
+        assert window is not None, query
+        return window[0] <= when.timestamp() <= window[1]
+
+    assert inside("Who came with me to the concert last Saturday?", datetime(2023, 5, 27, 20, 0, tzinfo=timezone.utc))
+    assert not inside("Who came with me to the concert last Saturday?", datetime(2023, 5, 20, 20, 0, tzinfo=timezone.utc))
+    assert inside("the race I ran two weeks ago", datetime(2023, 5, 16, 9, 0, tzinfo=timezone.utc))
+    assert inside("what did I cook yesterday", datetime(2023, 5, 29, 19, 0, tzinfo=timezone.utc))
+    assert time_window("When is the Lisbon launch?", now) is None
+    start, end = time_window("3 days ago", now)
+    assert start < now - 3 * day < end
+
+
+def test_a_relative_date_prefers_items_from_then() -> None:
+    from tiered_context import ScoringConfig, TieredContext
+    from tiered_context.testing import HashEmbedder
+
+    day = 86400.0
+    now = 1_685_490_000.0
+    outputs = {}
+    assert ScoringConfig().time_match_boost == 0.0  # off by default (see its docstring)
+    for boost in (0.0, 1.0):
+        ctx = TieredContext(session_id="t", embedder=HashEmbedder(), compaction="inline",
+                            scoring=ScoringConfig(time_match_boost=boost, recency_weight=0.0))
+        ctx.put("We watched the football match at the stadium.", timestamp=now - 40 * day, id="old")
+        ctx.put("We watched the football match at the stadium with Sam.", timestamp=now - 14 * day, id="then")
+        for i in range(40):
+            ctx.put(f"Filler note {i} about groceries and plans.", timestamp=now - 13 * day + i * 3600, id=f"f{i}")
+        ctx.put("Good morning!", timestamp=now, id="latest")  # "now" is the latest item's time
+        out = ctx.assemble("What football match did I watch at the stadium two weeks ago?", budget=1000)
+        outputs[boost] = out.report.scores
+    assert outputs[1.0]["then"]["value"] > outputs[0.0]["then"]["value"]
+    assert outputs[1.0]["then"]["value"] > outputs[1.0]["old"]["value"]
