@@ -311,7 +311,7 @@ def test_public_api_is_pinned():
     import tiered_context.qdrant as q
 
     assert sorted(q.__all__) == ["CacheHit", "Engine", "FusionMode", "QdrantColdStore", "SCHEMA_VERSION",
-                                 "SemanticCache"]
+                                 "SemanticCache", "open_memory_dir"]
     assert "TieredSemanticCache" in lc.__all__ and "SemanticCacheLLM" in li.__all__
 
 
