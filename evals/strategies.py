@@ -228,7 +228,7 @@ class TieredStrategy:
     def context(self, question: Question, budget: int) -> Packed:
         if self._ctx is None:
             raise RuntimeError("call ingest(conversation) before context(question, budget)")
-        out = self._ctx.assemble(question.text, budget=budget)
+        out = self._ctx.assemble(question.text, budget=budget, asked_at=question.asked_at)
         rep = out.report
         ratio = rep.compression_ratio if self.compressor is not None else None
         report = {"tokens_per_tier": dict(rep.tokens_per_tier), "candidates": rep.candidates,
@@ -277,7 +277,7 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     # the fusion's BM25 share fixed at 0.5 for every query (no shrinking for chat messages)
     "tiered:fixed-fusion": _ablation("tiered:fixed-fusion", scoring={"adaptive_fusion": False}),
     # relevant items from the span a relative date in the query names ("two weeks ago") count double
-    "tiered:time": _ablation("tiered:time", scoring={"time_match_boost": 1.0}),
+    "tiered:no-time": _ablation("tiered:no-time", scoring={"time_match_boost": 0.0}),
     "tiered:no-neighbours": _ablation("tiered:no-neighbours", scoring={"neighbour_decay": 0.0}),
     # the preset for meeting transcripts: a strong hit's neighbours inherit more, farther
     "tiered:transcript": _ablation("tiered:transcript", transcripts=True),

@@ -67,7 +67,7 @@ def fill_until_full(ctx: TieredContext, acked: list[str], text: str) -> StoreErr
 def test_journal_on_a_full_tmpfs(small_disk: Path) -> None:
     path = small_disk / "mem"
     filler = small_disk / "filler"
-    ctx = memory(LocalColdStore(path))
+    ctx = memory(store := LocalColdStore(path))
     acked = [ctx.put("before the disk fills").id]
     free = shutil.disk_usage(small_disk).free
     filler.write_bytes(b"\0" * (free - 300_000))  # leaves ~300 kB: a dozen puts
@@ -80,6 +80,7 @@ def test_journal_on_a_full_tmpfs(small_disk: Path) -> None:
     filler.unlink()  # space again: the memory carries on, at the next position
     acked += [ctx.put(f"after the disk was freed {n}").id for n in range(3)]
     ctx.close()
+    store.close()  # a store passed in is the caller's to close
     assert_exactly(path, acked)
 
 
@@ -107,6 +108,7 @@ def test_journal_with_enospc_injected(tmp_path: Path, monkeypatch, call: str) ->
     acked += [ctx.put(f"turn {n}").id for n in range(5, 8)]
     assert len(ctx) == 8
     ctx.close()
+    store.close()
     assert_exactly(path, acked)
 
 
@@ -182,6 +184,7 @@ def test_qdrant_refuses_writes_when_the_disk_is_nearly_full(tmp_path: Path, monk
     stored = ctx.store.items("s")
     assert [i.id for i in stored] == acked and [i.seq for i in stored] == [0, 1, 2, 3]
     ctx.close()
+    ctx.store.close()
 
 
 @needs_qdrant

@@ -108,6 +108,7 @@ class ContextAssembler:
         events: tuple[LadderEvent, ...] = (),
         summaries: Sequence[ContextItem] = (),
         summary_tenant: str | None = None,
+        asked_at: float | None = None,
     ) -> AssembledContext:
         started = time.perf_counter()
         if not isinstance(query, str):
@@ -115,7 +116,7 @@ class ContextAssembler:
         check_text(query, "query")  # a lone surrogate would break the embedder with a raw TypeError
         vector = normalize(self.embedder.embed([query]))[0] if query.strip() else None
         units, stats = self._candidates(tenant, query, vector, working_set, budget)
-        self._score(tenant, query, vector, units, latest_seq, stats, user)
+        self._score(tenant, query, vector, units, latest_seq, stats, user, asked_at=asked_at)
         self._expand_neighbours(tenant, query, vector, units, latest_seq, stats, user)
         self._link_tool_calls(tenant, units)
         if self.compressor is not None:
@@ -205,7 +206,8 @@ class ContextAssembler:
                 units[hit.item.id] = _Unit(hit.item, [hit.item], _ZERO, 0.0)
         return units, stats
 
-    def _score(self, tenant, query, vector, units: dict[str, _Unit], latest_seq, stats, user) -> None:
+    def _score(self, tenant, query, vector, units: dict[str, _Unit], latest_seq, stats, user,
+               asked_at: float | None = None) -> None:
         ids = list(units)
         if not ids:
             return
@@ -218,10 +220,10 @@ class ContextAssembler:
                                   query=query)
         for i, p in zip(ids, parts):
             units[i].parts, units[i].value = p, p.total
-        # a relative date in the query ("two weeks ago", "last Saturday"), seen from the
-        # latest item: relevant items from that span count double
+        # a relative date in the query ("two weeks ago", "last Saturday"), seen from when the
+        # query is asked (only when the caller says so): relevant items from that span gain
         boost = self.scorer.config.time_match_boost
-        window = time_window(query, max(u.origin.timestamp for u in units.values())) if boost else None
+        window = time_window(query, asked_at) if boost and asked_at is not None else None
         if window is not None:
             for i in ids:
                 u = units[i]

@@ -30,7 +30,7 @@ from tiered_context.core.durable import read_json
 from tiered_context.core.embed import Embedder, normalize
 from tiered_context.core.enums import Compaction, Compression, StoreKind
 from tiered_context.core.importance import self_information
-from tiered_context.core.items import ContextItem, Role, Tier
+from tiered_context.core.items import ContextItem, Role, Tier, to_timestamp
 from tiered_context.core.namespace import Kind, Namespace
 from tiered_context.core.scoring import Scorer, ScoreParts, ScoringConfig
 from tiered_context.core.store import ColdStore
@@ -338,8 +338,13 @@ class TieredContext:
         return await asyncio.to_thread(self.put_many, list(items))
 
     # -- reading -------------------------------------------------------------------------
-    def assemble(self, query: str, *, budget: int | None = None, user_id: str | None = None) -> AssembledContext:
-        """The best context for `query` in at most `budget` tokens (default: Budget.max_tokens)."""
+    def assemble(self, query: str, *, budget: int | None = None, user_id: str | None = None,
+                 asked_at: float | None = None) -> AssembledContext:
+        """The best context for `query` in at most `budget` tokens (default: Budget.max_tokens).
+
+        `asked_at` (POSIX seconds, optional): when the query is asked; then a relative date
+        in it ("two weeks ago", "last Saturday") favours the items from that span.
+        """
         if not isinstance(query, str):
             raise InputError(f"query must be str, got {type(query).__name__}")
         limit = self.budget.max_tokens if budget is None else budget
@@ -353,11 +358,13 @@ class TieredContext:
             self._namespace.key, query, budget=limit, working_set=view.working, recent_items=self.budget.recent_items,
             latest_seq=self._next_seq - 1, user=user, events=view.events,
             summaries=view.summaries, summary_tenant=self._namespace.with_kind(Kind.SUMMARIES).key,
+            asked_at=None if asked_at is None else to_timestamp(asked_at),
         )
 
-    async def aassemble(self, query: str, *, budget: int | None = None, user_id: str | None = None) -> AssembledContext:
+    async def aassemble(self, query: str, *, budget: int | None = None, user_id: str | None = None,
+                        asked_at: float | None = None) -> AssembledContext:
         """Async twin of `assemble`."""
-        return await asyncio.to_thread(self.assemble, query, budget=budget, user_id=user_id)
+        return await asyncio.to_thread(self.assemble, query, budget=budget, user_id=user_id, asked_at=asked_at)
 
     def feedback(self, assembled: AssembledContext, used: Iterable[str], *, user_id: str | None = None) -> None:
         """Tell the memory which items (ids or origin ids) an answer actually used.

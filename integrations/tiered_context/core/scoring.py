@@ -43,14 +43,13 @@ class ScoringConfig:
     (the user's latest chat turn as the query) gets proportionally less, because its
     words are mostly incidental: the earlier turn it needs often shares none of them.
 
-    With `time_match_boost` > 0, a query with a relative date ("two weeks ago", "last
-    Saturday", `time_window`) makes the relevant items from that span, seen from the
-    latest item, worth ``1 + time_match_boost`` times their value. Off by default:
-    measured with boost 1.0 it gained nothing on LongMemEval dev (there the question is
-    asked 6-35 days after the last turn, so "two weeks ago" from the latest item misses
-    the evidence in 6 of 6 such questions; from the question date it would hit 5) and
-    cost 0.8-1.8 points on the conversational set, where chat messages say "two weeks
-    ago" in passing.
+    When the caller says when the query is asked (`assemble(..., asked_at=)`), a relative
+    date in it ("two weeks ago", "last Saturday", `time_window`) makes the relevant items
+    from that span worth ``1 + time_match_boost`` times their value. Without `asked_at`
+    nothing is boosted: measured from the latest item instead, the window missed the
+    evidence of 6 of 6 such LongMemEval dev questions (asked 6-35 days after the last
+    turn) and cost 0.8-1.8 points on the conversational set, where chat messages say "two
+    weeks ago" in passing.
     """
 
     relevance_weight: float = 1.0
@@ -59,7 +58,7 @@ class ScoringConfig:
     bm25_share: float = 0.5
     adaptive_fusion: bool = True
     short_query_terms: int = 4
-    time_match_boost: float = 0.0
+    time_match_boost: float = 1.0
     half_life_items: float = 100.0
     neighbour_decay: float = 0.7
     neighbour_window: int = 3
