@@ -281,7 +281,7 @@ class LlamaIndexMemoryStrategy(_LlamaIndexStrategy):
 
     def __init__(self) -> None:
         super().__init__()
-        from tiered_context.llama_index.embeddings import TieredEmbedding
+        from tiered_context.llama_index import TieredEmbedding
 
         self._embed_model = TieredEmbedding()
 

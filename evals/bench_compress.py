@@ -36,7 +36,7 @@ def _one_core() -> None:
 def run(locomo: Path, qmsum: Path | None = None, repeats: int = 3, lm_turns: int = 0,
         lm_backend: str = "llama_cpp") -> dict:
     from tiered_context import ContextItem, SelfInformationCompressor, TokenCounter, WordLlamaEmbedder
-    from tiered_context.core.summarize import ExtractiveSummarizer
+    from tiered_context import ExtractiveSummarizer
     from tiered_context.evals.datasets import load_locomo, load_qmsum
 
     convs = load_locomo(locomo) + (load_qmsum(qmsum) if qmsum else [])

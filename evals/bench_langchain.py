@@ -226,7 +226,7 @@ class AgentRun:
 def _strategies(budget: int, embedder: Any, summary_calls: list[int], model: Any) -> dict[str, Callable[[], list[Any]]]:
     from langchain.agents.middleware import SummarizationMiddleware
 
-    from tiered_context.langchain.middleware import TieredContextMiddleware
+    from tiered_context.langchain import TieredContextMiddleware
 
     return {
         "tiered": lambda: [TieredContextMiddleware(max_tokens=budget, embedder=embedder, compaction="inline")],
@@ -304,7 +304,7 @@ def bench_overhead(conv: ScriptedConversation, *, budget: int = 1500, embedder: 
     from langchain_core.messages import AIMessage, HumanMessage, RemoveMessage, SystemMessage
     from langgraph.graph.message import REMOVE_ALL_MESSAGES
 
-    from tiered_context.langchain.middleware import TieredContextMiddleware
+    from tiered_context.langchain import TieredContextMiddleware
 
     history = _history(conv)
     points = [i + 1 for i, m in enumerate(history) if isinstance(m, HumanMessage)]  # a model call after each user turn

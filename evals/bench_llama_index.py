@@ -33,7 +33,7 @@ except ImportError as exc:  # pragma: no cover
     raise missing_extra("llama-index-core", "llama-index") from exc
 
 from tiered_context.evals.datasets import Conversation, Question, Turn, load_locomo
-from tiered_context.llama_index.memory import TieredMemory
+from tiered_context.llama_index import TieredMemory
 
 __all__ = ["bench_aget", "main"]
 

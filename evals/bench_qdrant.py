@@ -128,7 +128,7 @@ def _zipf_words(rng: np.random.Generator, n: int) -> list[str]:
 
 def _scale_one(engine: str, n: int, tenants: int, dim: int, queries: int, seed: int = 0) -> dict[str, Any]:
     """One (engine, N) measurement; run in a fresh process by `bench_scale`."""
-    from tiered_context.core.items import ContextItem
+    from tiered_context import ContextItem
     from tiered_context.qdrant import QdrantColdStore
 
     rng = np.random.default_rng(seed)

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
+from tiered_context.evals.progress import progress_bar as tqdm
 
 from tiered_context.evals.datasets import Conversation, Turn
 

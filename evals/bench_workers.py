@@ -98,7 +98,8 @@ def _worker(kind: str, target: str, index: int, workers: int, sessions: list[str
             preload: int, barrier: Any, results: Any) -> None:
     try:
         from tiered_context import TieredContext
-        from tiered_context.core.embed import WordLlamaEmbedder, normalize
+        from tiered_context import WordLlamaEmbedder
+        from tiered_context.core import normalize
 
         embedder = WordLlamaEmbedder()
         store = _open_store(kind, target)
@@ -172,7 +173,7 @@ def _run_workers(kind: str, target: str, workers: int, sessions: list[str], puts
 # -- preload ------------------------------------------------------------------------------------
 def _preload_postgres(uri: str, sessions: list[str], preload: int) -> None:
     from tiered_context import TieredContext
-    from tiered_context.core.embed import WordLlamaEmbedder
+    from tiered_context import WordLlamaEmbedder
     from tiered_context.postgres import PostgresColdStore
 
     store, embedder = PostgresColdStore(uri), WordLlamaEmbedder()
@@ -188,7 +189,7 @@ def _preload_postgres(uri: str, sessions: list[str], preload: int) -> None:
 
 def _preload_embedded(path: str, session: str, preload: int) -> None:
     from tiered_context import TieredContext
-    from tiered_context.core.embed import WordLlamaEmbedder
+    from tiered_context import WordLlamaEmbedder
 
     turns, _ = _texts(preload)
     ctx = TieredContext(session_id=session, path=path, embedder=WordLlamaEmbedder())

@@ -14,7 +14,7 @@ return that pair's cached answer:
   (lower is better).
 
 "before" is the vector match alone (``guard=None``), "after" is the default
-``guard=same_meaning`` (`tiered_context.core.meaning`). The row at threshold "any" takes
+``guard=same_meaning`` (`tiered_context.core._meaning`). The row at threshold "any" takes
 the nearest entry whatever its similarity, so it shows the guard on its own. Prints a
 markdown table (and, with ``--by-category``, false hits per kind of change). Offline and
 deterministic.
@@ -61,11 +61,11 @@ class Row:
 
 def _embedder(name: str) -> Any:
     if name == "wordllama":
-        from tiered_context.core.embed import WordLlamaEmbedder
+        from tiered_context import WordLlamaEmbedder
 
         return WordLlamaEmbedder()
     if name == "minilm":
-        from tiered_context.core.embed import MiniLMEmbedder
+        from tiered_context import MiniLMEmbedder
 
         return MiniLMEmbedder()
     if name == "hash":
@@ -80,8 +80,9 @@ _DEFAULT_THRESHOLD = {"wordllama": None, "minilm": 0.94, "hash": 0.8}  # None: S
 
 def evaluate(embedders: Sequence[str] = ("wordllama",), thresholds: Sequence[float] | None = None) -> list[Row]:
     """Rows of (embedder, threshold, guard off/on) with hit and false-hit counts."""
-    from tiered_context.core.meaning import same_meaning
-    from tiered_context.qdrant.cache import DEFAULT_THRESHOLD, SemanticCache
+    from tiered_context.core import same_meaning
+    from tiered_context.qdrant._cache import DEFAULT_THRESHOLD
+    from tiered_context.qdrant import SemanticCache
 
     rows: list[Row] = []
     for name in embedders:

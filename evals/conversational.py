@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 
-from tiered_context.core.lexical import terms
+from tiered_context.core import terms
 from tiered_context.evals.datasets import LOCOMO_CATEGORIES, Conversation, Question
 
 __all__ = ["conversational_queries"]

@@ -71,7 +71,7 @@ def langchain_coverage(conv: Conversation, budgets: Sequence[int], *, limit: int
     from langchain.agents.middleware import ModelRequest
     from langchain_core.messages import AIMessage, HumanMessage
 
-    from tiered_context.langchain.middleware import TieredContextMiddleware
+    from tiered_context.langchain import TieredContextMiddleware
     from tiered_context.langchain.testing import RecordingChatModel
 
     history = []
@@ -112,7 +112,7 @@ def llama_index_coverage(conv: Conversation, budgets: Sequence[int], *, limit: i
     verbatim messages and the 1:1 lines of the recall block (`MemoryView.shown`)."""
     from llama_index.core.base.llms.types import ChatMessage
 
-    from tiered_context.llama_index.memory import TieredMemory
+    from tiered_context.llama_index import TieredMemory
 
     history = [ChatMessage(role=_role(conv, t.speaker), content=t.text, additional_kwargs={"name": t.speaker})
                for t in conv.turns]

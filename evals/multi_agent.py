@@ -46,10 +46,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tiered_context.core.items import ContextItem
-from tiered_context.core.render import render
-from tiered_context.core.routing import ScopeRouter
-from tiered_context.core.scope import ContextScope
+from tiered_context import ContextItem
+from tiered_context.core._render import render
+from tiered_context.scopes import ContextScope, ScopeRouter
 from tiered_context.evals.datasets import Conversation, limit, load_locomo
 from tiered_context.evals.strategies import TieredStrategy, counter
 

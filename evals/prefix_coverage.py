@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unprotected", action="store_true", help="drop the compressor's prefix rule (the old behaviour)")
     args = parser.parse_args(argv)
     if args.unprotected:
-        from tiered_context.core import compress
+        from tiered_context.core import _compress as compress
 
         pattern = compress._SPAN.pattern
         compress._SPAN = re.compile(pattern[pattern.index("|```") + 1:], re.S)

@@ -36,7 +36,7 @@ def chunk_meeting(conv: Any, *, chunk_tokens: int = 150, counter: Any = None) ->
     """TextNodes of consecutive turns, about `chunk_tokens` each (metadata: turn ids)."""
     from llama_index.core.schema import TextNode
 
-    from tiered_context.core.tokens import TokenCounter
+    from tiered_context import TokenCounter
 
     counter = counter or TokenCounter()
     nodes, lines, ids, size = [], [], [], 0
@@ -104,8 +104,8 @@ def run(conversations: Sequence[Any], budgets: Sequence[int], *, top_k: int = 20
     from llama_index.core.query_engine import RetrieverQueryEngine
     from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-    from tiered_context.core.tokens import TokenCounter
-    from tiered_context.llama_index.embeddings import TieredEmbedding
+    from tiered_context import TokenCounter
+    from tiered_context.llama_index import TieredEmbedding
 
     counter = TokenCounter()
     embed = TieredEmbedding()

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+from tiered_context.evals.progress import progress_bar as tqdm
 
 from tiered_context.evals.datasets import Conversation, Question, category_label
 from tiered_context.evals.strategies import STRATEGIES, Strategy, counter

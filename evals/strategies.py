@@ -24,8 +24,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from tiered_context.core.lexical import BM25Index
-from tiered_context.core.tokens import TokenCounter
+from tiered_context.core import BM25Index
+from tiered_context import TokenCounter
 from tiered_context.evals.datasets import Conversation, Question
 
 __all__ = [
@@ -257,7 +257,7 @@ def _ablation(name: str, **settings: Any) -> Callable[[], Strategy]:
         if options.pop("minilm", False):
             options["embedder"] = _minilm()
         if "summary" in options:
-            from tiered_context.core.summarize import SummaryConfig
+            from tiered_context import SummaryConfig
 
             options["summary"] = SummaryConfig(**options["summary"])
         return TieredStrategy(name=name, **options)

@@ -39,11 +39,10 @@ from typing import Any
 
 import numpy as np
 
-from tiered_context.core.compress import SelfInformationCompressor
-from tiered_context.core.facts import _FILLERS, _FUNCTION, _GENERIC, _GLUE, _HEDGES
-from tiered_context.core.importance import APOSTROPHES, DIGIT, PROTECTED_WORDS, PUNCT, surprisal_model
-from tiered_context.core.items import ContextItem
-from tiered_context.core.lexical import terms
+from tiered_context import ContextItem, SelfInformationCompressor
+from tiered_context.core._facts import _FILLERS, _FUNCTION, _GENERIC, _GLUE, _HEDGES
+from tiered_context.core._importance import APOSTROPHES, DIGIT, PROTECTED_WORDS, PUNCT, surprisal_model
+from tiered_context.core import terms
 from tiered_context.evals.datasets import Conversation, Question, Turn, load_locomo
 from tiered_context.evals.retention import bootstrap_ci
 from tiered_context.evals.strategies import counter

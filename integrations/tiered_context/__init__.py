@@ -8,30 +8,48 @@ out = ctx.assemble("When is the launch?", budget=1000)
 ```
 """
 
-from tiered_context.core.assembler import AssembledContext, AssemblyReport, ContextAssembler
-from tiered_context.core.blocks import BlockKind, ContextBlock, MergeResult, ScopeDiff
-from tiered_context.core.budget import Budget, LadderEvent, LadderLevel, ModelSize
-from tiered_context.core.compress import Compressor, SelfInformationCompressor
-from tiered_context.core.config import MemoryConfig
-from tiered_context.core.embed import Embedder, MiniLMEmbedder, WordLlamaEmbedder
-from tiered_context.core.items import ContextItem, Role, Tier
-from tiered_context.core.facts import Fact, FactCheck, check_facts
-from tiered_context.core.enums import StoreKind
-from tiered_context.core.memory import Compaction, Compression, TieredContext
-from tiered_context.core.namespace import Kind, Namespace
-from tiered_context.core.routing import ScopeRouter
-from tiered_context.core.scope import ContextScope
-from tiered_context.core.scoring import PreferenceModel, Scorer, ScoreParts, ScoringConfig
-from tiered_context.core.store import ColdStore, Hit, LocalColdStore
-from tiered_context.core.summarize import (
+from tiered_context.core import (
+    AssembledContext,
+    AssemblyReport,
+    Budget,
+    ColdStore,
+    Compaction,
+    Compression,
+    Compressor,
+    ContextAssembler,
+    ContextItem,
+    Embedder,
     ExtractiveSummarizer,
+    Fact,
+    FactCheck,
+    Hit,
+    Kind,
     LLMSummarizer,
+    LadderEvent,
+    LadderLevel,
+    LocalColdStore,
+    MemoryConfig,
+    MiniLMEmbedder,
+    ModelSize,
+    Namespace,
+    PreferenceModel,
+    Role,
+    ScoreParts,
+    Scorer,
+    ScoringConfig,
+    SelfInformationCompressor,
+    StoreKind,
     Summarizer,
     SummaryConfig,
     SummaryError,
     SummaryRejected,
+    Tier,
+    TieredContext,
+    TokenCounter,
+    WordLlamaEmbedder,
+    check_facts,
 )
-from tiered_context.core.tokens import TokenCounter
+from tiered_context.scopes import BlockKind, ContextBlock, ContextScope, MergeResult, ScopeDiff, ScopeRouter
 from tiered_context.errors import (
     BudgetError,
     ConfigError,

@@ -36,9 +36,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tiered_context.core.compress import compressed_form
-from tiered_context.core.items import ContextItem
-from tiered_context.core.tokens import TokenCounter
+from tiered_context.core import ContextItem, TokenCounter, compressed_form
 from tiered_context.errors import ConfigError, DependencyError, missing_extra
 
 try:

@@ -15,8 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tiered_context.core.items import ContextItem
-from tiered_context.core.lexical import terms
+from tiered_context.core import ContextItem, terms
 
 __all__ = ["HashEmbedder", "FailingCompressor"]
 

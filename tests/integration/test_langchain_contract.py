@@ -27,13 +27,13 @@ from langchain_core.utils.function_calling import convert_to_openai_tool  # noqa
 from langgraph.checkpoint.memory import InMemorySaver  # noqa: E402
 
 from tiered_context import TokenCounter  # noqa: E402
-from tiered_context.core.config import MemoryConfig  # noqa: E402
-from tiered_context.core.items import ContextItem  # noqa: E402
-from tiered_context.core.store import LocalColdStore  # noqa: E402
+from tiered_context import MemoryConfig  # noqa: E402
+from tiered_context import ContextItem  # noqa: E402
+from tiered_context import LocalColdStore  # noqa: E402
 from tiered_context.errors import BudgetError, ConfigError  # noqa: E402
 from tiered_context.langchain._convert import MessageCounter, message_to_item  # noqa: E402
-from tiered_context.langchain.history import TieredChatMessageHistory  # noqa: E402
-from tiered_context.langchain.middleware import TieredContextMiddleware  # noqa: E402
+from tiered_context.langchain import TieredChatMessageHistory  # noqa: E402
+from tiered_context.langchain import TieredContextMiddleware  # noqa: E402
 from tiered_context.langchain.testing import RecordingChatModel, tool_sequence_errors  # noqa: E402
 from tiered_context.testing import HashEmbedder  # noqa: E402
 
@@ -310,8 +310,8 @@ def test_config_is_one_value_for_every_thread():
 
 
 def test_subagent_budget_is_a_deprecated_alias():
-    from tiered_context.core.scope import ContextScope
-    from tiered_context.langchain.subagents import ScopedSubagent
+    from tiered_context.scopes import ContextScope
+    from tiered_context.langchain import ScopedSubagent
 
     root = ContextScope.root(tenant="t", embedder=HashEmbedder())
     agent = create_agent(RecordingChatModel(responses=["ok"]), tools=[])

@@ -18,7 +18,7 @@ from langchain_core.runnables.history import RunnableWithMessageHistory  # noqa:
 
 from tiered_context import TieredContext, TokenCounter  # noqa: E402
 from tiered_context.langchain._convert import MessageCounter  # noqa: E402
-from tiered_context.langchain.history import TieredChatMessageHistory, budgeted_history  # noqa: E402
+from tiered_context.langchain import TieredChatMessageHistory, budgeted_history  # noqa: E402
 from tiered_context.langchain.testing import RecordingChatModel, tool_sequence_errors  # noqa: E402
 from tiered_context.testing import HashEmbedder  # noqa: E402
 
@@ -163,7 +163,7 @@ def test_classic_summary_memory_in_a_conversation_chain():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         chains = pytest.importorskip("langchain_classic.chains")
-    from tiered_context.langchain.classic import TieredSummaryMemory
+    from tiered_context.langchain import TieredSummaryMemory
 
     model = _summarizing_model()
     memory = TieredSummaryMemory(llm=model, max_token_limit=150, return_messages=True, embedder=HashEmbedder())
@@ -193,7 +193,7 @@ def test_classic_summary_memory_in_a_conversation_chain():
 def test_classic_memory_imports_an_existing_history():
     from langchain_core.chat_history import InMemoryChatMessageHistory
 
-    from tiered_context.langchain.classic import TieredSummaryMemory
+    from tiered_context.langchain import TieredSummaryMemory
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

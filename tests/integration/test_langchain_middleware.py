@@ -25,7 +25,7 @@ from langgraph.checkpoint.memory import InMemorySaver  # noqa: E402
 
 from tiered_context import TokenCounter  # noqa: E402
 from tiered_context.errors import BudgetError  # noqa: E402
-from tiered_context.langchain.middleware import TieredContextMiddleware  # noqa: E402
+from tiered_context.langchain import TieredContextMiddleware  # noqa: E402
 from tiered_context.langchain.testing import RecordingChatModel, tool_sequence_errors  # noqa: E402
 from tiered_context.testing import FailingCompressor, HashEmbedder  # noqa: E402
 

@@ -19,9 +19,9 @@ from langchain_core.embeddings import DeterministicFakeEmbedding  # noqa: E402
 from langchain_core.vectorstores import InMemoryVectorStore  # noqa: E402
 
 from tiered_context import TieredContext, TokenCounter  # noqa: E402
-from tiered_context.langchain.compressor import TieredDocumentCompressor  # noqa: E402
-from tiered_context.langchain.embeddings import LangChainEmbedder, TieredEmbeddings  # noqa: E402
-from tiered_context.langchain.retriever import TieredRetriever  # noqa: E402
+from tiered_context.langchain import TieredDocumentCompressor  # noqa: E402
+from tiered_context.langchain import LangChainEmbedder, TieredEmbeddings  # noqa: E402
+from tiered_context.langchain import TieredRetriever  # noqa: E402
 from tiered_context.testing import HashEmbedder  # noqa: E402
 
 FILLER = "The quarterly report discusses revenue growth in region {i}, the hiring plan and office moves. "
@@ -126,13 +126,14 @@ def test_offline_default_embeddings():
     assert asyncio.run(emb.aembed_query("x")) == emb.embed_query("x")
 
 
-@pytest.mark.parametrize("module", ["middleware", "history", "retriever", "compressor", "classic", "embeddings"])
+@pytest.mark.parametrize("module", ["", "._middleware", "._history", "._retriever", "._compressor", "._classic",
+                                    "._embeddings"])
 def test_import_guard_names_the_extra(module):
     code = (
         "import sys\n"
         "for name in ('langchain', 'langchain_core', 'langchain_classic', 'langgraph'):\n"
         "    sys.modules[name] = None\n"
-        f"try:\n    import tiered_context.langchain.{module}\n"
+        f"try:\n    import tiered_context.langchain{module}\n    from tiered_context.langchain import *\n"
         "except ImportError as exc:\n    print(type(exc).__name__, exc)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

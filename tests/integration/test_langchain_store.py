@@ -20,11 +20,11 @@ from langgraph.checkpoint.memory import InMemorySaver  # noqa: E402
 from langgraph.store.memory import InMemoryStore  # noqa: E402
 
 from tiered_context import Budget, LocalColdStore, TieredContext  # noqa: E402
-from tiered_context.core.namespace import Kind  # noqa: E402
-from tiered_context.core.summarize import ExtractiveSummarizer  # noqa: E402
+from tiered_context import Kind  # noqa: E402
+from tiered_context import ExtractiveSummarizer  # noqa: E402
 from tiered_context.errors import ConfigError, DuplicateItemError, StoreError  # noqa: E402
-from tiered_context.langchain.graph_store import GraphStoreColdStore  # noqa: E402
-from tiered_context.langchain.middleware import TieredContextMiddleware  # noqa: E402
+from tiered_context.langchain import GraphStoreColdStore  # noqa: E402
+from tiered_context.langchain import TieredContextMiddleware  # noqa: E402
 from tiered_context.langchain.testing import RecordingChatModel  # noqa: E402
 from tiered_context.testing import HashEmbedder  # noqa: E402
 

@@ -21,7 +21,7 @@ def test_openinference_shows_the_assembly_with_token_counts():
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from tiered_context.langchain.middleware import TieredContextMiddleware
+    from tiered_context.langchain import TieredContextMiddleware
     from tiered_context.langchain.testing import RecordingChatModel
     from tiered_context.testing import HashEmbedder
 

@@ -22,8 +22,8 @@ from llama_index.core.tools import FunctionTool  # noqa: E402
 
 from tiered_context import TieredContext  # noqa: E402
 from tiered_context.llama_index._convert import tool_call_ids, tool_result_id  # noqa: E402
-from tiered_context.llama_index.memory import TieredMemory  # noqa: E402
-from tiered_context.llama_index.retriever import TieredRetriever  # noqa: E402
+from tiered_context.llama_index import TieredMemory  # noqa: E402
+from tiered_context.llama_index import TieredRetriever  # noqa: E402
 from tiered_context.testing import HashEmbedder  # noqa: E402
 
 NEEDLE = "We moved the Lisbon launch to 3 May."

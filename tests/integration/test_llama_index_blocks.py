@@ -12,7 +12,8 @@ from llama_index.core.base.llms.types import ChatMessage, ToolCallBlock  # noqa:
 from llama_index.core.memory import Memory  # noqa: E402
 
 from tiered_context import LocalColdStore  # noqa: E402
-from tiered_context.llama_index.blocks import TieredFactBlock, TieredMemoryBlock, extract_facts  # noqa: E402
+from tiered_context.llama_index import TieredFactBlock, TieredMemoryBlock  # noqa: E402
+from tiered_context.llama_index._blocks import extract_facts  # noqa: E402
 from tiered_context.testing import HashEmbedder  # noqa: E402
 
 NEEDLE = "We moved the Lisbon launch to 3 May, after the security review."

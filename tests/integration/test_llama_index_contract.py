@@ -16,11 +16,12 @@ from hypothesis import strategies as st  # noqa: E402
 from llama_index.core.base.llms.types import ChatMessage, ImageBlock, MessageRole, TextBlock, ToolCallBlock  # noqa: E402
 
 from tiered_context import LocalColdStore  # noqa: E402
-from tiered_context.core.conversation import Turn, check  # noqa: E402
+from tiered_context.core import Turn  # noqa: E402
+from tiered_context.core._conversation import check  # noqa: E402
 from tiered_context.llama_index._convert import tool_call_ids, tool_result_id  # noqa: E402
 from tiered_context.llama_index._recall import RECALL_HEADER  # noqa: E402
 from tiered_context.llama_index._select import turn_role  # noqa: E402
-from tiered_context.llama_index.memory import TieredMemory  # noqa: E402
+from tiered_context.llama_index import TieredMemory  # noqa: E402
 from tiered_context.testing import HashEmbedder  # noqa: E402
 
 PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
@@ -199,7 +200,7 @@ def test_async_select_agrees_with_sync():
 def test_memory_block_renders_a_labelled_dated_attributed_block():
     from llama_index.core.memory import Memory
 
-    from tiered_context.llama_index.blocks import TieredMemoryBlock
+    from tiered_context.llama_index import TieredMemoryBlock
 
     block = TieredMemoryBlock(token_limit=300, embedder=EMBEDDER)
     memory = Memory.from_defaults(session_id="u1", token_limit=400, chat_history_token_ratio=0.02,
@@ -220,7 +221,7 @@ def test_memory_block_renders_a_labelled_dated_attributed_block():
 
 
 def test_memory_block_sessions_with_hostile_ids_stay_apart():
-    from tiered_context.llama_index.blocks import TieredMemoryBlock
+    from tiered_context.llama_index import TieredMemoryBlock
 
     block = TieredMemoryBlock(token_limit=300, embedder=EMBEDDER)
 

@@ -20,14 +20,10 @@ from llama_index.core.instrumentation.span import BaseSpan  # noqa: E402
 from llama_index.core.instrumentation.span_handlers import BaseSpanHandler  # noqa: E402
 from llama_index.core.schema import NodeWithScore, TextNode  # noqa: E402
 
-from tiered_context.llama_index.instrumentation import (  # noqa: E402
-    TieredAssemblyEvent,
-    TieredCompressionEvent,
-    TieredLadderEvent,
-    dispatcher,
-)
-from tiered_context.llama_index.memory import TieredMemory  # noqa: E402
-from tiered_context.llama_index.postprocessors import CompressionPostprocessor  # noqa: E402
+from tiered_context.llama_index import TieredAssemblyEvent, TieredCompressionEvent, TieredLadderEvent
+from tiered_context.llama_index._instrumentation import dispatcher
+from tiered_context.llama_index import TieredMemory  # noqa: E402
+from tiered_context.llama_index import CompressionPostprocessor  # noqa: E402
 from tiered_context.testing import HashEmbedder  # noqa: E402
 
 
@@ -126,7 +122,7 @@ def test_missing_llama_index_names_the_extra():
         sys.modules["llama_index"] = None
         sys.modules["llama_index.core"] = None
         import tiered_context
-        for module in ("memory", "blocks", "postprocessors", "retriever", "embeddings", "instrumentation", "_convert", "_select"):
+        for module in ("_memory", "_blocks", "_postprocessors", "_retriever", "_embeddings", "_instrumentation", "_convert", "_select"):
             try:
                 __import__(f"tiered_context.llama_index.{module}")
             except ImportError as exc:

@@ -24,7 +24,7 @@ from llama_index.core.llms import MockLLM  # noqa: E402
 
 from tiered_context import ConfigError, LocalColdStore  # noqa: E402
 from tiered_context.llama_index._convert import tool_call_ids, tool_result_id  # noqa: E402
-from tiered_context.llama_index.memory import TieredMemory  # noqa: E402
+from tiered_context.llama_index import TieredMemory  # noqa: E402
 from tiered_context.testing import HashEmbedder  # noqa: E402
 
 NEEDLE = "We moved the Lisbon launch to 3 May, after the security review."
@@ -367,7 +367,7 @@ def test_reset_uses_the_core_generation_and_writes_no_sidecar(tmp_path):
 
 
 def test_config_is_one_value_shared_by_generations():
-    from tiered_context.core.config import MemoryConfig
+    from tiered_context import MemoryConfig
 
     config = MemoryConfig(store=LocalColdStore(), embedder=HashEmbedder(), compaction="inline", compression="off")
     memory = TieredMemory.from_defaults(token_limit=300, session_id="c", config=config)
@@ -381,7 +381,7 @@ def test_config_is_one_value_shared_by_generations():
 def _legacy_archive(path, sidecar: bytes | None):
     """An archive as the release before namespaces wrote it: generation n of session "s"
     under the raw key "s~n", the current one in the sidecar."""
-    from tiered_context.core.embed import normalize
+    from tiered_context.core import normalize
     from tiered_context.llama_index._convert import messages_to_items
 
     store = LocalColdStore(path)

@@ -16,15 +16,11 @@ from llama_index.core.query_engine import RetrieverQueryEngine  # noqa: E402
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode  # noqa: E402
 
 from tiered_context import Embedder, TieredContext, TokenCounter, WordLlamaEmbedder  # noqa: E402
-from tiered_context.llama_index.embeddings import LlamaIndexEmbedder, TieredEmbedding  # noqa: E402
-from tiered_context.llama_index.memory import TieredMemory  # noqa: E402
-from tiered_context.llama_index.postprocessors import (  # noqa: E402
-    PROVENANCE_KEYS,
-    CompressionPostprocessor,
-    PriorityPostprocessor,
-    TokenBudgetPostprocessor,
-)
-from tiered_context.llama_index.retriever import TieredRetriever  # noqa: E402
+from tiered_context.llama_index import LlamaIndexEmbedder, TieredEmbedding  # noqa: E402
+from tiered_context.llama_index import TieredMemory  # noqa: E402
+from tiered_context.llama_index._postprocessors import PROVENANCE_KEYS
+from tiered_context.llama_index import CompressionPostprocessor, PriorityPostprocessor, TokenBudgetPostprocessor
+from tiered_context.llama_index import TieredRetriever  # noqa: E402
 from tiered_context.testing import HashEmbedder  # noqa: E402
 
 COUNTER = TokenCounter()

@@ -62,8 +62,8 @@ from llama_index.core.base.llms.types import (  # noqa: E402
     VideoBlock,
 )
 
-from tiered_context.llama_index._convert import MediaTokens  # noqa: E402
-from tiered_context.llama_index.memory import TieredMemory  # noqa: E402
+from tiered_context.llama_index import MediaTokens  # noqa: E402
+from tiered_context.llama_index import TieredMemory  # noqa: E402
 from tiered_context.testing import HashEmbedder  # noqa: E402
 
 USER = ChatMessage(role=MessageRole.USER, content="first message")

@@ -177,7 +177,7 @@ class GatedEmbedder:
 
 
 def _service(path: Path | None = None, embedder=None):
-    from tiered_context.mcp.server import ScopeService
+    from tiered_context.mcp._server import ScopeService
 
     return ScopeService(path=path, embedder=embedder or HashEmbedder(64))
 
@@ -186,7 +186,7 @@ def _service(path: Path | None = None, embedder=None):
 async def _http(service, *, token: str | None = None):
     """The service's MCP server over HTTP in this process, on a socket bound to 127.0.0.1
     and listening before the server starts (clients connect at once, no waiting loop)."""
-    from tiered_context.mcp.server import build_server, http_server
+    from tiered_context.mcp._server import build_server, http_server
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -237,7 +237,7 @@ def test_bearer_token_is_required_when_set() -> None:
 
 
 def test_bearer_auth_compares_the_whole_token() -> None:
-    from tiered_context.mcp.server import BearerAuth
+    from tiered_context.mcp._server import BearerAuth
 
     auth = BearerAuth(lambda *a: None, "abc")
     assert auth.allows(b"Bearer abc") and auth.allows(b"bearer abc")
@@ -301,8 +301,8 @@ def test_damaged_scopes_json_is_set_aside(tmp_path: Path, caplog, damage: str) -
 
 
 def test_another_tenants_snapshot_is_still_refused(tmp_path: Path) -> None:
-    from tiered_context.core.blocks import TenantError
-    from tiered_context.mcp.server import ScopeService
+    from tiered_context.errors import TenantError
+    from tiered_context.mcp._server import ScopeService
 
     _service(tmp_path).remember("x")
     with pytest.raises(TenantError, match="--tenant"):

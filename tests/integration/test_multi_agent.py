@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tiered_context.core.scope import ContextScope
+from tiered_context.scopes import ContextScope
 from tiered_context.testing import HashEmbedder
 
 FACT = "The Lisbon launch moved to 3 May at the riverside venue."
@@ -28,7 +28,7 @@ def test_langgraph_subagent_gets_a_child_scope_and_hands_back_a_diff() -> None:
     from langchain.agents import create_agent
     from langchain_core.messages import AIMessage, SystemMessage
 
-    from tiered_context.langchain.subagents import ScopedSubagent
+    from tiered_context.langchain import ScopedSubagent
     from tiered_context.langchain.testing import RecordingChatModel
 
     root = _long_history()
@@ -56,8 +56,8 @@ def test_langgraph_subagents_conflicting_diffs_are_reported() -> None:
     pytest.importorskip("langgraph")
     from langchain.agents import create_agent
 
-    from tiered_context.core.blocks import MergeConflict
-    from tiered_context.langchain.subagents import ScopedSubagent
+    from tiered_context.errors import MergeConflict
+    from tiered_context.langchain import ScopedSubagent
     from tiered_context.langchain.testing import RecordingChatModel
 
     root = _long_history(n=10)
@@ -80,7 +80,7 @@ def test_agent_workflow_agents_each_get_a_child_scope() -> None:
     from llama_index.core.base.llms.types import ChatMessage, MessageRole, ToolCallBlock
     from llama_index.core.llms import MockFunctionCallingLLM
 
-    from tiered_context.llama_index.workflow import ScopedAgentWorkflow, WorkflowScopes
+    from tiered_context.llama_index import ScopedAgentWorkflow, WorkflowScopes
 
     seen: dict[str, list[list[ChatMessage]]] = {"planner": [], "writer": []}
 

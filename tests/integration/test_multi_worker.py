@@ -57,8 +57,8 @@ def _fact(tenant: str, key: int, worker: int) -> str:
 def _worker(uri: str, index: int, commands: Any, results: Any) -> None:
     import numpy as np  # noqa: F401
 
-    from tiered_context.core.embed import normalize
-    from tiered_context.core.items import ContextItem
+    from tiered_context.core import normalize
+    from tiered_context import ContextItem
     from tiered_context.testing import HashEmbedder
 
     emb = HashEmbedder(dim=64)
@@ -233,7 +233,7 @@ def test_a_worker_killed_mid_put_loses_nothing_and_the_others_carry_on(postgres_
 
 # -- prepared for the facade's coherence (issue 16) ---------------------------------------------
 def _facade_is_coherent() -> bool:
-    from tiered_context.core import memory
+    from tiered_context.core import _memory as memory
 
     return "next_seqs" in inspect.getsource(memory)
 
@@ -352,7 +352,7 @@ def _agent_worker(uri: str, index: int, commands: Any, results: Any) -> None:
     from langgraph.checkpoint.postgres import PostgresSaver
     from langgraph.store.postgres import PostgresStore
 
-    from tiered_context.langchain.middleware import TieredContextMiddleware
+    from tiered_context.langchain import TieredContextMiddleware
     from tiered_context.langchain.testing import RecordingChatModel
     from tiered_context.testing import HashEmbedder
 

@@ -109,7 +109,7 @@ def test_llama_index_memory_spans_carry_token_counts(phoenix):
     pytest.importorskip("openinference.instrumentation.llama_index")
     from llama_index.core.base.llms.types import ChatMessage
 
-    from tiered_context.llama_index.memory import TieredMemory
+    from tiered_context.llama_index import TieredMemory
     from tiered_context.testing import HashEmbedder
 
     memory = TieredMemory.from_defaults(token_limit=120, embedder=HashEmbedder(), compaction="inline",
@@ -133,7 +133,7 @@ def test_langchain_middleware_assembly_span_carries_token_counts(phoenix):
     from langchain_core.messages import HumanMessage
     from langgraph.checkpoint.memory import InMemorySaver
 
-    from tiered_context.langchain.middleware import TieredContextMiddleware
+    from tiered_context.langchain import TieredContextMiddleware
     from tiered_context.langchain.testing import RecordingChatModel
     from tiered_context.testing import HashEmbedder
 

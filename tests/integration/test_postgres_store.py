@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("psycopg")
 
 from tiered_context import Budget, LocalColdStore, TieredContext  # noqa: E402
-from tiered_context.core.embed import normalize  # noqa: E402
-from tiered_context.core.items import ContextItem  # noqa: E402
+from tiered_context.core import normalize  # noqa: E402
+from tiered_context import ContextItem  # noqa: E402
 from tiered_context.errors import DuplicateItemError, StoreError  # noqa: E402
 from tiered_context.postgres import PostgresColdStore  # noqa: E402
 from tiered_context.testing import HashEmbedder  # noqa: E402
@@ -246,7 +246,7 @@ def test_graph_store_cold_store_on_a_postgres_store_is_served_by_the_database(po
     pytest.importorskip("langgraph.store.postgres")
     from langgraph.store.postgres import PostgresStore
 
-    from tiered_context.langchain.graph_store import GraphStoreColdStore
+    from tiered_context.langchain import GraphStoreColdStore
 
     with PostgresStore.from_conn_string(postgres_uri) as pg1, PostgresStore.from_conn_string(postgres_uri) as pg2:
         pg1.setup()
@@ -272,7 +272,7 @@ def test_create_agent_with_postgres_store_and_saver(postgres_uri):
     from langgraph.checkpoint.postgres import PostgresSaver
     from langgraph.store.postgres import PostgresStore
 
-    from tiered_context.langchain.middleware import TieredContextMiddleware
+    from tiered_context.langchain import TieredContextMiddleware
     from tiered_context.langchain.testing import RecordingChatModel
 
     with PostgresStore.from_conn_string(postgres_uri) as store, PostgresSaver.from_conn_string(postgres_uri) as saver:
@@ -306,7 +306,7 @@ def test_graph_store_cold_store_on_an_async_postgres_store(postgres_uri):
 
     from langgraph.store.postgres import AsyncPostgresStore
 
-    from tiered_context.langchain.graph_store import GraphStoreColdStore
+    from tiered_context.langchain import GraphStoreColdStore
 
     items = _corpus(6)
 
@@ -333,7 +333,7 @@ def test_graph_store_cold_store_has_the_same_coherence_interface_on_any_base_sto
     pytest.importorskip("langgraph")
     from langgraph.store.memory import InMemoryStore
 
-    from tiered_context.langchain.graph_store import GraphStoreColdStore
+    from tiered_context.langchain import GraphStoreColdStore
 
     archive = GraphStoreColdStore(InMemoryStore())
     assert archive.postgres is None and archive.watermark("s") == 0 and archive.next_seqs("s", 2) == range(0, 2)

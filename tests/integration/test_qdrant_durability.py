@@ -18,7 +18,7 @@ pytest.importorskip("qdrant_client")
 pytest.importorskip("qdrant_edge")
 
 from tiered_context import ContextItem, TieredContext  # noqa: E402
-from tiered_context.core.embed import normalize  # noqa: E402
+from tiered_context.core import normalize  # noqa: E402
 from tiered_context.qdrant import QdrantColdStore  # noqa: E402
 from tiered_context.testing import HashEmbedder  # noqa: E402
 

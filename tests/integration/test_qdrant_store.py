@@ -16,8 +16,8 @@ pytest.importorskip("qdrant_client")
 pytest.importorskip("qdrant_edge")
 
 from tiered_context import ContextItem, LocalColdStore, TieredContext  # noqa: E402
-from tiered_context.core.embed import normalize  # noqa: E402
-from tiered_context.core.store import ColdStore  # noqa: E402
+from tiered_context.core import normalize  # noqa: E402
+from tiered_context import ColdStore  # noqa: E402
 from tiered_context.errors import ConfigError, DuplicateItemError, StoreError  # noqa: E402
 from tiered_context.qdrant import SCHEMA_VERSION, Engine, FusionMode, QdrantColdStore  # noqa: E402
 from tiered_context.testing import HashEmbedder  # noqa: E402
@@ -317,8 +317,8 @@ def test_public_api_is_pinned():
 
 @pytest.mark.parametrize(("module", "blocked", "extra"), [
     ("tiered_context.qdrant", "qdrant_client", "qdrant"),
-    ("tiered_context.langchain.cache", "langchain_core", "langchain"),
-    ("tiered_context.llama_index.cache", "llama_index", "llama-index"),
+    ("tiered_context.langchain._cache", "langchain_core", "langchain"),
+    ("tiered_context.llama_index._cache", "llama_index", "llama-index"),
 ])
 def test_missing_extra_names_the_extra(module, blocked, extra):
     import subprocess

@@ -11,7 +11,7 @@ pytest.importorskip("qdrant_client")
 pytest.importorskip("qdrant_edge")
 
 from tiered_context import ContextItem, TieredContext  # noqa: E402
-from tiered_context.core.embed import normalize  # noqa: E402
+from tiered_context.core import normalize  # noqa: E402
 from tiered_context.errors import StoreError  # noqa: E402
 from tiered_context.qdrant import QdrantColdStore, SemanticCache  # noqa: E402
 from tiered_context.qdrant import _client, _edge, _tenancy  # noqa: E402

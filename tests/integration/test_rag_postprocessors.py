@@ -16,8 +16,8 @@ from llama_index.core.llms import MockLLM  # noqa: E402
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode  # noqa: E402
 
 from tiered_context import TieredContext  # noqa: E402
-from tiered_context.core.compress import SelfInformationCompressor  # noqa: E402
-from tiered_context.core.tokens import TokenCounter  # noqa: E402
+from tiered_context import SelfInformationCompressor  # noqa: E402
+from tiered_context import TokenCounter  # noqa: E402
 from tiered_context.llama_index import (  # noqa: E402
     CompressionPostprocessor,
     PriorityPostprocessor,

@@ -201,7 +201,7 @@ PARAPHRASES = [  # (cached prompt, new prompt): the cached answer is right for t
 
 @pytest.fixture(scope="module")
 def wordllama():
-    from tiered_context.core.embed import WordLlamaEmbedder
+    from tiered_context import WordLlamaEmbedder
 
     return WordLlamaEmbedder()
 
@@ -310,7 +310,8 @@ def test_guard_configuration(tmp_path):
     ("Remind me on 3 May", "Remind me on 3 June", "dates"),
 ])
 def test_signature_conflicts(a, b, kind):
-    from tiered_context.core.meaning import meaning_conflicts, same_meaning
+    from tiered_context.core._meaning import meaning_conflicts
+    from tiered_context.core import same_meaning
 
     conflicts = meaning_conflicts(a, b)
     assert not same_meaning(a, b) and any(c.startswith(kind) for c in conflicts), conflicts
@@ -330,7 +331,7 @@ def test_signature_conflicts(a, b, kind):
     ("Which one is cheaper?", "Which is cheaper?"),
 ])
 def test_signature_keeps_paraphrases(a, b):
-    from tiered_context.core.meaning import meaning_conflicts
+    from tiered_context.core._meaning import meaning_conflicts
 
     assert meaning_conflicts(a, b) == ()
 

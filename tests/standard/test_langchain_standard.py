@@ -27,8 +27,8 @@ from langchain_tests.integration_tests import (  # noqa: E402
 from langchain_tests.unit_tests import EmbeddingsUnitTests  # noqa: E402
 
 from tiered_context import Budget, TieredContext  # noqa: E402
-from tiered_context.langchain.embeddings import TieredEmbeddings  # noqa: E402
-from tiered_context.langchain.retriever import TieredRetriever  # noqa: E402
+from tiered_context.langchain import TieredEmbeddings  # noqa: E402
+from tiered_context.langchain import TieredRetriever  # noqa: E402
 from tiered_context.testing import HashEmbedder  # noqa: E402
 
 # the suites' async tests carry no marker of their own (partners run asyncio_mode=auto)
@@ -89,7 +89,7 @@ class TestHashEmbeddingsIntegration(EmbeddingsIntegrationTests):
 
 def _semantic_cache(path):
     pytest.importorskip("qdrant_edge")
-    from tiered_context.langchain.cache import TieredSemanticCache
+    from tiered_context.langchain import TieredSemanticCache
     from tiered_context.qdrant import SemanticCache
 
     return TieredSemanticCache(SemanticCache(path, embedder=HashEmbedder(), threshold=0.999), tenant="standard")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tiered_context.core.scoring import Scorer, ScoringConfig, query_share
-from tiered_context.core.store import SignalStats
+from tiered_context import Scorer, ScoringConfig
+from tiered_context.core._scoring import query_share
+from tiered_context.core import SignalStats
 from tiered_context.errors import ConfigError
 from tiered_context.evals.conversational import conversational_queries
 from tiered_context.evals.datasets import Conversation, Question, Turn
@@ -77,7 +78,7 @@ def test_conversational_queries_are_later_evidence_without_shared_terms() -> Non
 def test_time_window_reads_relative_dates() -> None:
     from datetime import datetime, timezone
 
-    from tiered_context.core.scoring import time_window
+    from tiered_context.core._scoring import time_window
 
     now = datetime(2023, 5, 30, 23, 42, tzinfo=timezone.utc).timestamp()  # a Tuesday
     day = 86400.0
@@ -103,7 +104,6 @@ def test_a_relative_date_prefers_items_from_then() -> None:
     day = 86400.0
     now = 1_685_490_000.0
     outputs = {}
-    assert ScoringConfig().time_match_boost == 0.0  # off by default (see its docstring)
     for boost in (0.0, 1.0):
         ctx = TieredContext(session_id="t", embedder=HashEmbedder(), compaction="inline",
                             scoring=ScoringConfig(time_match_boost=boost, recency_weight=0.0))
@@ -111,8 +111,11 @@ def test_a_relative_date_prefers_items_from_then() -> None:
         ctx.put("We watched the football match at the stadium with Sam.", timestamp=now - 14 * day, id="then")
         for i in range(40):
             ctx.put(f"Filler note {i} about groceries and plans.", timestamp=now - 13 * day + i * 3600, id=f"f{i}")
-        ctx.put("Good morning!", timestamp=now, id="latest")  # "now" is the latest item's time
-        out = ctx.assemble("What football match did I watch at the stadium two weeks ago?", budget=1000)
+        ctx.put("Good morning!", timestamp=now, id="latest")
+        question = "What football match did I watch at the stadium two weeks ago?"
+        out = ctx.assemble(question, budget=1000, asked_at=now)
         outputs[boost] = out.report.scores
+        unasked = ctx.assemble(question, budget=1000).report.scores  # no asked_at: no boost
     assert outputs[1.0]["then"]["value"] > outputs[0.0]["then"]["value"]
     assert outputs[1.0]["then"]["value"] > outputs[1.0]["old"]["value"]
+    assert unasked["then"]["value"] < outputs[1.0]["then"]["value"]

@@ -22,7 +22,7 @@ from tiered_context import (
     TieredContext,
     TokenCounter,
 )
-from tiered_context.core.compaction import RETRY_AFTER_ITEMS
+from tiered_context.core._compaction import RETRY_AFTER_ITEMS
 from tiered_context.testing import FailingCompressor, HashEmbedder
 
 

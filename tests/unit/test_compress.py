@@ -11,8 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tiered_context import ContextItem, SelfInformationCompressor, Tier, TokenCounter
-from tiered_context.core.compress import Compressor, detect_language, form_id, information
+from tiered_context import Compressor, ContextItem, SelfInformationCompressor, Tier, TokenCounter
+from tiered_context.core._importance import detect_language, information
+from tiered_context.core._compress import form_id
 from tiered_context.errors import ConfigError
 
 COUNTER = TokenCounter()

@@ -14,12 +14,12 @@ from tiered_context import (
     LocalColdStore,
     Scorer,
     SelfInformationCompressor,
+    SummaryConfig,
     Tier,
     TieredContext,
     TokenCounter,
 )
-from tiered_context.core.embed import normalize
-from tiered_context.core.summarize import SummaryConfig
+from tiered_context.core import normalize
 from tiered_context.testing import FailingCompressor, HashEmbedder
 
 T0 = 1_714_000_000

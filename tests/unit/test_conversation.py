@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tiered_context.core.conversation import Turn, check, current_exchange, enforce
+from tiered_context.core import Turn, current_exchange, enforce
+from tiered_context.core._conversation import check
 
 
 def cut(turn: Turn, n: int) -> Turn:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tiered_context import ContextItem
-from tiered_context.core.facts import Fact, FactCheck, FactKind, check_facts, extract_facts
+from tiered_context import ContextItem, Fact, FactCheck, check_facts
+from tiered_context.core._facts import FactKind, extract_facts
 
 
 def kinds(text: str) -> dict[str, FactKind]:

@@ -20,9 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tiered_context import ConfigError, ContextItem, InputError, LocalColdStore, TieredContext
-from tiered_context.core import items as items_module
-from tiered_context.core.embed import normalize
-from tiered_context.core.render import day_of, render
+from tiered_context.core import _items as items_module, day_of, normalize
+from tiered_context.core._render import render
 from tiered_context.testing import HashEmbedder
 
 T0 = 1_714_000_000  # 2024-04-24, POSIX seconds

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pytest
 
 from tiered_context import ContextItem, InputError, Role, Tier
-from tiered_context.core.items import coerce_text
+from tiered_context.core import coerce_text
 
 
 def test_item_is_immutable() -> None:

@@ -24,8 +24,7 @@ import numpy as np
 import pytest
 
 from tiered_context import ContextItem, LocalColdStore, StoreError
-from tiered_context.core.embed import normalize
-from tiered_context.core.store import encode_record
+from tiered_context.core import encode_record, normalize
 from tiered_context.testing import HashEmbedder
 
 EMB = HashEmbedder(dim=16)

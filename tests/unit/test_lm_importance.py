@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import pytest
 
 from tiered_context import ContextItem, SelfInformationCompressor, TokenCounter
-from tiered_context.core.importance import WordScorer
+from tiered_context.core._importance import WordScorer
 from tiered_context.errors import ConfigError
 
 COUNTER = TokenCounter()

@@ -7,10 +7,17 @@ from collections.abc import Sequence
 
 import pytest
 
-from tiered_context import Budget, ContextItem, LocalColdStore, TieredContext
-from tiered_context.core.compaction import Ladder
-from tiered_context.core.namespace import Kind, Namespace
-from tiered_context.core.summarize import ExtractiveSummarizer, SummaryConfig
+from tiered_context import (
+    Budget,
+    ContextItem,
+    ExtractiveSummarizer,
+    Kind,
+    LocalColdStore,
+    Namespace,
+    SummaryConfig,
+    TieredContext,
+)
+from tiered_context.core._compaction import Ladder
 from tiered_context.testing import HashEmbedder
 
 T0 = 1_714_000_000

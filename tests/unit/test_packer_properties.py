@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tiered_context import Budget, TieredContext, TokenCounter
-from tiered_context.core.render import line
+from tiered_context.core._render import line
 from tiered_context.testing import HashEmbedder
 
 COUNTER = TokenCounter()

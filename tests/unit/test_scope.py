@@ -7,10 +7,8 @@ import dataclasses
 
 import pytest
 
-from tiered_context.core.blocks import BlockKind, ContextBlock, MergeConflict, ScopeError, TenantError
-from tiered_context.core.routing import ScopeRouter
-from tiered_context.core.scope import ContextScope, ScopeDiff
-from tiered_context.errors import ConfigError, InputError
+from tiered_context.scopes import BlockKind, ContextBlock, ContextScope, ScopeDiff, ScopeRouter
+from tiered_context.errors import ConfigError, InputError, MergeConflict, ScopeError, TenantError
 from tiered_context.testing import HashEmbedder
 
 

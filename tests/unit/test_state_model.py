@@ -13,10 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from tiered_context import Budget, ConfigError, LocalColdStore, TieredContext
-from tiered_context.core.config import MemoryConfig
-from tiered_context.core.durable import read_json, write_json_atomic
-from tiered_context.core.namespace import Kind, Namespace
+from tiered_context import Budget, ConfigError, Kind, LocalColdStore, MemoryConfig, Namespace, TieredContext
+from tiered_context.core import read_json, write_json_atomic
 from tiered_context.testing import HashEmbedder
 
 HOSTILE_IDS = ["a#summaries", "a#state", "a~1", "a#g1", "a/b", "a%2Fb", "a\x1fb", "a\x00b", "a\nb", "é", "🙂",
@@ -207,7 +205,7 @@ class HungSummarizer:
 
 
 def test_a_hung_summarizer_never_holds_close_beyond_its_timeout(monkeypatch) -> None:
-    import tiered_context.core.compaction as compaction
+    import tiered_context.core._compaction as compaction
 
     monkeypatch.setattr(compaction, "settle_timeout", lambda summarizer: 0.5)
     hung = HungSummarizer()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tiered_context import ColdStore, ContextItem, DuplicateItemError, Hit, LocalColdStore, StoreError, Tier
-from tiered_context.core.embed import normalize
+from tiered_context.core import normalize
 from tiered_context.testing import HashEmbedder
 
 EMB = HashEmbedder(dim=32)

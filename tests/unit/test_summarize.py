@@ -8,17 +8,17 @@ import time
 
 import pytest
 
-from tiered_context import ContextItem, TokenCounter
-from tiered_context.core.summarize import (
+from tiered_context import (
+    ContextItem,
     ExtractiveSummarizer,
     LLMSummarizer,
     Summarizer,
     SummaryConfig,
     SummaryError,
     SummaryRejected,
-    make_summary,
-    summary_id,
+    TokenCounter,
 )
+from tiered_context.core._summarize import make_summary, summary_id
 from tiered_context.errors import ConfigError
 from tiered_context.testing import HashEmbedder
 

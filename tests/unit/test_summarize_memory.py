@@ -8,10 +8,21 @@ from collections.abc import Sequence
 
 import pytest
 
-from tiered_context import Budget, ContextItem, LadderLevel, Tier, TieredContext, TokenCounter
-from tiered_context.core.compaction import RETRY_AFTER_ITEMS
-from tiered_context.core.namespace import Kind, Namespace
-from tiered_context.core.summarize import ExtractiveSummarizer, LLMSummarizer, SummaryConfig, make_summary
+from tiered_context import (
+    Budget,
+    ContextItem,
+    ExtractiveSummarizer,
+    Kind,
+    LLMSummarizer,
+    LadderLevel,
+    Namespace,
+    SummaryConfig,
+    Tier,
+    TieredContext,
+    TokenCounter,
+)
+from tiered_context.core._compaction import RETRY_AFTER_ITEMS
+from tiered_context.core._summarize import make_summary
 from tiered_context.testing import HashEmbedder
 
 T0 = 1_714_000_000

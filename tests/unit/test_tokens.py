@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tiered_context import ConfigError, TokenCounter
-from tiered_context.core.tokens import IMAGE_TOKENS, MESSAGE_OVERHEAD, NAME_OVERHEAD, REPLY_PRIMING
+from tiered_context.core._tokens import IMAGE_TOKENS, MESSAGE_OVERHEAD, NAME_OVERHEAD
+from tiered_context.core import REPLY_PRIMING
 
 SAMPLES = [
     "hello world",

@@ -18,20 +18,20 @@ from tiered_context._lazy import lazy_exports
 #: public name -> the module that defines it. Modules load on first use, so importing
 #: this package needs only langchain-core, not every other extra.
 _EXPORTS = {
-    "CallReport": "middleware",
-    "LangChainEmbedder": "embeddings",
-    "Placement": "middleware",
-    "GraphStoreColdStore": "graph_store",
-    "ScopedSubagent": "subagents",
-    "SubagentResult": "subagents",
-    "TieredChatMessageHistory": "history",
-    "TieredContextMiddleware": "middleware",
-    "TieredDocumentCompressor": "compressor",
-    "TieredEmbeddings": "embeddings",
-    "TieredRetriever": "retriever",
-    "TieredSemanticCache": "cache",
-    "TieredSummaryMemory": "classic",
-    "budgeted_history": "history",
+    "CallReport": "_middleware",
+    "LangChainEmbedder": "_embeddings",
+    "Placement": "_middleware",
+    "GraphStoreColdStore": "_graph_store",
+    "ScopedSubagent": "_subagents",
+    "SubagentResult": "_subagents",
+    "TieredChatMessageHistory": "_history",
+    "TieredContextMiddleware": "_middleware",
+    "TieredDocumentCompressor": "_compressor",
+    "TieredEmbeddings": "_embeddings",
+    "TieredRetriever": "_retriever",
+    "TieredSemanticCache": "_cache",
+    "TieredSummaryMemory": "_classic",
+    "budgeted_history": "_history",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -45,8 +45,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised by the import-guard test
     raise missing_extra("langchain-core", "langchain") from exc
 
-from tiered_context.core.items import ContextItem, Role
-from tiered_context.core.tokens import REPLY_PRIMING, TokenCounter
+from tiered_context.core import REPLY_PRIMING, ContextItem, Role, TokenCounter
 
 __all__ = [
     "SUMMARY_SOURCE",

@@ -29,7 +29,7 @@ try:
 except ImportError as exc:  # pragma: no cover
     raise missing_extra("langchain-core", "langchain") from exc
 
-from tiered_context.core.assembler import AssembledContext
+from tiered_context.core import AssembledContext
 
 __all__ = ["RUN_NAME", "TAG", "assembly_run", "current_config", "report_outputs", "span_attributes"]
 

@@ -29,10 +29,18 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, HumanMessage, SystemMessage, ToolMessage
 
-from tiered_context.core.assembler import AssembledContext
-from tiered_context.core.conversation import RECALL_NOTE, RECALL_TAG, Turn, current_exchange, enforce, recalled_block
-from tiered_context.core.items import ContextItem
-from tiered_context.core.tokens import REPLY_PRIMING, TokenCounter
+from tiered_context.core import (
+    RECALL_NOTE,
+    RECALL_TAG,
+    REPLY_PRIMING,
+    AssembledContext,
+    ContextItem,
+    TokenCounter,
+    Turn,
+    current_exchange,
+    enforce,
+    recalled_block,
+)
 from tiered_context.errors import BudgetError, ConfigError
 from tiered_context.langchain._convert import MessageCounter, is_summary_message, item_to_message, message_text
 from tiered_context.langchain._trace import report_outputs

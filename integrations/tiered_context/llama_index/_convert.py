@@ -41,8 +41,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised by the import-guard test
     raise missing_extra("llama-index-core", "llama-index") from exc
 
-from tiered_context.core.items import ContextItem
-from tiered_context.core.tokens import TokenCounter
+from tiered_context.core import ContextItem, TokenCounter
 
 __all__ = [
     "MESSAGE_KEY",

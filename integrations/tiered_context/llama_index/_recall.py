@@ -19,8 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-from tiered_context.core.items import ContextItem
-from tiered_context.core.render import day_of, header, speaker
+from tiered_context.core import ContextItem, day_of, header, speaker
 
 __all__ = ["RECALL_HEADER", "COMPRESSED_MARK", "recall_line", "recall_day", "render_recall"]
 

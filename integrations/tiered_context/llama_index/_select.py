@@ -27,14 +27,12 @@ try:
 except ImportError as exc:  # pragma: no cover
     raise missing_extra("llama-index-core", "llama-index") from exc
 
-from tiered_context.core.assembler import AssembledContext
-from tiered_context.core.conversation import Turn, current_exchange, enforce
-from tiered_context.core.items import ContextItem
+from tiered_context.core import AssembledContext, ContextItem, Turn, current_exchange, enforce
 from tiered_context.llama_index._convert import copy_message, item_to_message, message_text
 from tiered_context.llama_index._recall import RECALL_HEADER, render_recall
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tiered_context.llama_index.memory import TieredMemory
+    from tiered_context.llama_index._memory import TieredMemory
 
 __all__ = ["Selection", "Entry", "MemoryView", "input_text", "turn_role"]
 

@@ -17,13 +17,17 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from llama_index.core.base.llms.types import ChatMessage
 
-from tiered_context.core.durable import read_json
-from tiered_context.core.embed import Embedder, normalize
-from tiered_context.core.items import ContextItem, Tier
-from tiered_context.core.memory import TieredContext
-from tiered_context.core.namespace import Kind
-from tiered_context.core.store import ColdStore
-from tiered_context.core.tokens import TokenCounter
+from tiered_context.core import (
+    ColdStore,
+    ContextItem,
+    Embedder,
+    Kind,
+    Tier,
+    TieredContext,
+    TokenCounter,
+    normalize,
+    read_json,
+)
 from tiered_context.errors import ConfigError
 
 __all__ = ["BufferSerialization", "DEFAULT_TOKEN_LIMIT", "DEFAULT_TOKEN_LIMIT_RATIO", "legacy_generation", "migrate_legacy",
@@ -170,13 +174,13 @@ def as_core_embedder(embedder: Any) -> Embedder:
     """A core `Embedder` from None (offline WordLlama), a LlamaIndex `BaseEmbedding` or
     a core embedder."""
     if embedder is None:
-        from tiered_context.core.embed import WordLlamaEmbedder
+        from tiered_context.core import WordLlamaEmbedder
 
         return WordLlamaEmbedder()
     from llama_index.core.base.embeddings.base import BaseEmbedding
 
     if isinstance(embedder, BaseEmbedding):
-        from tiered_context.llama_index.embeddings import LlamaIndexEmbedder
+        from tiered_context.llama_index._embeddings import LlamaIndexEmbedder
 
         return LlamaIndexEmbedder(embedder)
     return embedder

@@ -2,7 +2,7 @@
 
 Needs the `mcp` package (``pip install "tiered-context[mcp]"``). The CLI wires
 `add_arguments` / `run` as its ``mcp`` subcommand; ``python -m tiered_context.mcp`` runs
-the same thing. See `tiered_context.mcp.server` for the tools and resources.
+the same thing. See `tiered_context.mcp._server` for the tools and resources.
 
 Over HTTP (``--http PORT``, always on 127.0.0.1) the server can require a bearer token:
 ``--token`` or, better (a command line is visible to other local users), the environment
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 __all__ = ["add_arguments", "run", "main", "package_version"]
 
-_TOKEN_ENV = "TIERED_CONTEXT_MCP_TOKEN"  # = tiered_context.mcp.server.TOKEN_ENV (importing it needs the extra)
+_TOKEN_ENV = "TIERED_CONTEXT_MCP_TOKEN"  # = tiered_context.mcp._server.TOKEN_ENV (importing it needs the extra)
 
 
 def package_version() -> str:
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     """Serve until the client disconnects (stdio) or the process is stopped (HTTP)."""
     import anyio
 
-    from tiered_context.mcp.server import ScopeService, build_server, serve_http
+    from tiered_context.mcp._server import ScopeService, build_server, serve_http
 
     token, problem = _token(args) if args.http is not None else (None, None)
     if problem:

@@ -24,6 +24,6 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise missing_extra("psycopg", "postgres") from exc
 
 from tiered_context.postgres._schema import SCHEMA_VERSION
-from tiered_context.postgres.store import PostgresColdStore
+from tiered_context.postgres._store import PostgresColdStore
 
 __all__ = ["SCHEMA_VERSION", "PostgresColdStore"]

@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from tiered_context.core.items import ContextItem
-from tiered_context.core.store import decode_record, encode_record
+from tiered_context.core import ContextItem, decode_record, encode_record
 from tiered_context.errors import StoreError
 
 __all__ = ["ItemCache", "item_id", "tenant_key", "to_item", "to_record"]

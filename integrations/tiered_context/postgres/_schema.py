@@ -11,7 +11,7 @@ call it at once):
 ``tiered_context_items``    one row per record: its log position ``pos``, id, seq, the
     item as JSON (``record``, the format of `encode_record`) and its unit vector.
 ``tiered_context_postings`` the lexical index: (tenant, term, pos) -> term frequency and
-    document length, the terms of `tiered_context.core.lexical.terms` (so BM25 here is the
+    document length, the terms of `tiered_context.core._lexical.terms` (so BM25 here is the
     core's BM25, computed by the database over the tenant's postings).
 ``tiered_context_moments``  the dense statistics' snapshot per tenant: the sum of vectors
     and of their outer products up to a log position (see `_moments`).

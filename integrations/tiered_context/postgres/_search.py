@@ -13,14 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tiered_context.core.lexical import terms
-from tiered_context.core.store import Hit, SearchResult, SignalStats
+from tiered_context.core import Hit, SearchResult, SignalStats, terms
 from tiered_context.errors import StoreError
 from tiered_context.postgres._moments import Moments
 from tiered_context.postgres._schema import HNSW_MAX_DIM, Vector
 
 if TYPE_CHECKING:
-    from tiered_context.postgres.store import PostgresColdStore
+    from tiered_context.postgres._store import PostgresColdStore
 
 __all__ = ["K1", "B", "search", "score"]
 

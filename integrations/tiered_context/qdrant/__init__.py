@@ -25,8 +25,8 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise missing_extra("qdrant-client", "qdrant") from exc
 
 from tiered_context.qdrant._engine import SCHEMA_VERSION, Engine, FusionMode
-from tiered_context.qdrant.cache import CacheHit, SemanticCache
-from tiered_context.qdrant.store import QdrantColdStore
+from tiered_context.qdrant._cache import CacheHit, SemanticCache
+from tiered_context.qdrant._store import QdrantColdStore
 
 __all__ = ["SCHEMA_VERSION", "CacheHit", "Engine", "FusionMode", "QdrantColdStore", "SemanticCache", "open_memory_dir"]
 

@@ -14,8 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from tiered_context.core.items import ContextItem, Tier
-from tiered_context.core.lexical import terms
+from tiered_context.core import ContextItem, Tier, terms
 
 __all__ = ["from_payload", "json_safe", "search_text", "to_payload"]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tiered_context.core.items import ContextItem
+from tiered_context.core import ContextItem
 from tiered_context.qdrant._engine import SPARSE, Record
 from tiered_context.qdrant._payload import doc_terms, from_payload
 from tiered_context.qdrant._stats import TenantStats, doc_weights

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from tiered_context.core.store import SignalStats
+from tiered_context.core import SignalStats
 
 __all__ = ["K1", "B", "TenantStats", "doc_weights", "term_index"]
 

@@ -1,0 +1,473 @@
+"""`ContextAssembler`: candidates from every tier -> priority -> packing -> rendering.
+
+This is the one place that decides what the model sees. It is framework-free and
+stateless between calls apart from a cache of per-item line costs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tiered_context.core._budget import LadderEvent
+from tiered_context.core._compress import Compressor, form_id
+from tiered_context.core._embed import Embedder, normalize
+from tiered_context.core._items import ContextItem, Tier, check_reserved, check_text
+from tiered_context.core._render import day_of, header, line, render
+from tiered_context.core._result import AssembledContext, AssemblyReport, Scores
+from tiered_context.core._scoring import Scorer, ScoreParts, time_window
+from tiered_context.core._store import ColdStore, SignalStats
+from tiered_context.core._tokens import TokenCounter
+from tiered_context.errors import BudgetError, ConfigError, InputError
+
+__all__ = ["ContextAssembler"]
+
+_TRUNCATION_MARKER = " […truncated; the original is archived]"
+log = logging.getLogger("tiered_context")
+
+
+@dataclass(slots=True)
+class _Unit:
+    origin: ContextItem  # the stored original
+    forms: list[ContextItem]  # cheapest first; the original is last
+    parts: ScoreParts
+    value: float
+    tier: Tier = Tier.L3  # where it came from: L1/L2 working set, or L3 retrieval
+    costs: list[int] = field(default_factory=list)
+    day: str | None = None
+    bundle: tuple[str, ...] = ()  # origin ids packed together (a tool call and its results)
+    summary: bool = False  # stands for many originals: never counts as covering them
+
+
+class _Units(dict):
+    """The candidates of one assembly by origin id, and the items skipped on the way in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped: dict[str, str] = {}  # item id -> why it could not be scored or rendered
+
+
+class ContextAssembler:
+    """Packs the most valuable context into a hard token budget.
+
+    Setup and use (normally through `TieredContext.assemble`)::
+
+        assembler = ContextAssembler(counter=TokenCounter(), embedder=WordLlamaEmbedder(),
+                                     store=LocalColdStore(), scorer=Scorer(),
+                                     compressor=SelfInformationCompressor())  # optional
+        out = assembler.assemble("s1", "query", budget=1000, working_set=[...])
+
+    With a `compressor`, every retrieved candidate below the `verbatim_top` best is also
+    offered as a compressed form (`compression_ratio` of its tokens; computed lazily,
+    cached per item): the packer takes cheap forms first so more evidence fits, then
+    upgrades the most valuable picks back to their originals while budget lasts.
+    `summaries` (derived items standing for many originals) compete for what is left
+    and never share a context with one of their own originals.
+    """
+
+    def __init__(
+        self,
+        *,
+        counter: TokenCounter,
+        embedder: Embedder,
+        store: ColdStore,
+        scorer: Scorer,
+        compressor: Compressor | None = None,
+        compression_ratio: float = 0.5,
+        verbatim_top: int = 2,
+        cache_size: int = 100_000,
+    ) -> None:
+        if not 0.05 <= compression_ratio <= 1.0:
+            raise ConfigError(f"compression_ratio must be in [0.05, 1.0], got {compression_ratio}")
+        self.counter, self.embedder, self.store, self.scorer = counter, embedder, store, scorer
+        self.compressor, self.compression_ratio, self.verbatim_top = compressor, compression_ratio, verbatim_top
+        self._line_cost: dict[str, int] = {}
+        self._header_cost: dict[str, int] = {}
+        self._forms: OrderedDict[str, ContextItem] = OrderedDict()  # form id -> compressed form
+        self._cache_size = cache_size
+        self._forms_lock = threading.Lock()
+        self._warned: set[str] = set()  # ids of skipped items already logged
+
+    def assemble(
+        self,
+        tenant: str,
+        query: str,
+        *,
+        budget: int,
+        working_set: Sequence[ContextItem] = (),
+        recent_items: int = 0,
+        latest_seq: int = 0,
+        user: str | None = None,
+        events: tuple[LadderEvent, ...] = (),
+        summaries: Sequence[ContextItem] = (),
+        summary_tenant: str | None = None,
+        asked_at: float | None = None,
+    ) -> AssembledContext:
+        started = time.perf_counter()
+        if not isinstance(query, str):
+            raise InputError(f"query must be str, got {type(query).__name__}")
+        check_text(query, "query")  # a lone surrogate would break the embedder with a raw TypeError
+        vector = normalize(self.embedder.embed([query]))[0] if query.strip() else None
+        units, stats = self._candidates(tenant, query, vector, working_set, budget)
+        self._score(tenant, query, vector, units, latest_seq, stats, user, asked_at=asked_at)
+        self._expand_neighbours(tenant, query, vector, units, latest_seq, stats, user)
+        self._link_tool_calls(tenant, units)
+        if self.compressor is not None:
+            self._offer_compressed(units, budget)
+        if summaries:
+            self._add_summaries(summary_tenant or tenant, query, vector, units, summaries, latest_seq, stats, user)
+        recent = {i.origin_ids[0] for i in sorted(working_set, key=lambda i: i.seq)[-recent_items:]} if recent_items else set()
+        chosen = self._pack(units, budget, recent)
+        return self._result(units, chosen, budget, started, events)
+
+    def prepare(self, items: Sequence[ContextItem]) -> None:
+        """Compress `items` now and cache the forms, so that assembly does not pay for it.
+        `TieredContext` calls this at ingest (the compressor runs at ~375k tokens/s)."""
+        todo = [i for i in items if not i.pinned and not i.is_derived]
+        if self.compressor is None or not todo:
+            return
+        ratio = self.compression_ratio
+        try:
+            fresh = self.compressor.compress(todo, ratio)
+        except Exception as exc:  # a failing compressor costs compression, never the assembly
+            log.warning("compressing %d items failed; offering originals only: %s", len(todo), exc)
+            return
+        with self._forms_lock:
+            for original, form in zip(todo, fresh):
+                self._forms[form_id(original.id, ratio)] = form
+            while len(self._forms) > self._cache_size:
+                self._forms.popitem(last=False)
+
+    def clear_cache(self) -> None:
+        """Forget cached line costs and compressed forms (e.g. after changing the compressor)."""
+        with self._forms_lock:
+            self._forms.clear()
+        self._line_cost.clear()
+        self._header_cost.clear()
+
+    # -- intake: one guard per item --------------------------------------------------
+    def _admit(self, units: _Units, *items: ContextItem | None) -> bool:
+        """True if every item can be scored and rendered; else the first that cannot is
+        named in `units.skipped` (logged at warning once per item, traceback at debug) and
+        the candidate is left out. This is the stage boundary behind which no per-item
+        failure can break an assembly: records archived before input was checked at the
+        door (e.g. ``tool_call_ids=12345``) are skipped here, never raised."""
+        for item in items:
+            if item is None:
+                continue
+            try:
+                check_reserved(item.metadata)
+                if not math.isfinite(float(item.importance)) or int(item.seq) != item.seq:
+                    raise ValueError(f"importance {item.importance!r} or seq {item.seq!r} is not a number")
+                if item.id not in self._line_cost:  # renders and counts; the packer reuses the cost
+                    self._line_cost[item.id] = self.counter.count(check_text(line(item), "its rendered line"))
+            except Exception as exc:
+                reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+                units.skipped[item.id] = reason
+                if item.id not in self._warned:
+                    if len(self._warned) > 10_000:
+                        self._warned.clear()
+                    self._warned.add(item.id)
+                    log.warning("assembly leaves out item %r (it stays archived; fix and re-put it to see it "
+                                "again): %s", item.id, reason)
+                    log.debug("why item %r was skipped", item.id, exc_info=True)
+                return False
+        return True
+
+    # -- candidates ------------------------------------------------------------------
+    def _candidates(self, tenant, query, vector, working_set, budget) -> tuple[dict[str, _Unit], SignalStats | None]:
+        units = _Units()
+        derived = [i.origin_ids[0] for i in working_set if i.is_derived]
+        originals = {o.id: o for o in self.store.get(tenant, derived)} if derived else {}  # one round trip
+        for item in working_set:
+            origin_id = item.origin_ids[0]
+            if not self._admit(units, item, originals.get(origin_id)):
+                continue
+            if item.is_derived:
+                original = originals.get(origin_id)
+                forms = [item, original] if original is not None else [item]
+                units[origin_id] = _Unit(original or item, forms, _ZERO, 0.0, Tier.L2)
+            else:
+                units[origin_id] = _Unit(item, [item], _ZERO, 0.0, Tier.L1)
+        stats = None
+        if vector is not None:
+            found = self.store.search(tenant, query, vector, limit=max(64, budget // 10))
+            stats = found.stats
+            for hit in found.hits:
+                if hit.item.is_derived or hit.item.id in units or not self._admit(units, hit.item):
+                    continue
+                units[hit.item.id] = _Unit(hit.item, [hit.item], _ZERO, 0.0)
+        return units, stats
+
+    def _score(self, tenant, query, vector, units: dict[str, _Unit], latest_seq, stats, user,
+               asked_at: float | None = None) -> None:
+        ids = list(units)
+        if not ids:
+            return
+        raw = self.store.score(tenant, query, vector, ids) if vector is not None else {}
+        bm25 = np.array([raw.get(i, (0.0, 0.0))[0] for i in ids], dtype=np.float32)
+        dense = np.array([raw.get(i, (0.0, 0.0))[1] for i in ids], dtype=np.float32)
+        seqs = np.array([units[i].origin.seq for i in ids], dtype=np.float32)
+        importance = np.array([units[i].origin.importance for i in ids], dtype=np.float32)
+        parts = self.scorer.score(bm25=bm25, dense=dense, seqs=seqs, importance=importance, latest_seq=latest_seq, stats=stats, user=user,
+                                  query=query)
+        for i, p in zip(ids, parts):
+            units[i].parts, units[i].value = p, p.total
+        # a relative date in the query ("two weeks ago", "last Saturday"), seen from when the
+        # query is asked (only when the caller says so): relevant items from that span gain
+        boost = self.scorer.config.time_match_boost
+        window = time_window(query, asked_at) if boost and asked_at is not None else None
+        if window is not None:
+            for i in ids:
+                u = units[i]
+                if window[0] <= u.origin.timestamp <= window[1] and u.parts.relevance > 0:
+                    u.value *= 1.0 + boost
+
+    def _expand_neighbours(self, tenant, query, vector, units: dict[str, _Unit], latest_seq, stats, user, top: int = 16) -> None:
+        """Turns within `neighbour_window` of a strong hit inherit `decay ** distance` of its
+        value: evidence often spans a few turns (a question, its answer, the follow-up)."""
+        decay, window = self.scorer.config.neighbour_decay, self.scorer.config.neighbour_window
+        if not decay or not window or not units:
+            return
+        best = sorted(units.values(), key=lambda u: -u.value)[:top]
+        offsets = [d for d in range(-window, window + 1) if d]
+        by_seq = {u.origin.seq: u for u in units.values()}
+        wanted = {u.origin.seq + d for u in best for d in offsets} - by_seq.keys()
+        fresh = [i for i in self.store.get_by_seq(tenant, sorted(s for s in wanted if s >= 0))
+                 if i.id not in units and self._admit(units, i)]
+        for item in fresh:
+            units[item.id] = _Unit(item, [item], _ZERO, 0.0)
+        if fresh:
+            self._score(tenant, query, vector, units, latest_seq, stats, user)  # one normalisation for all
+            by_seq = {u.origin.seq: u for u in units.values()}
+        for u in best:
+            for d in offsets:
+                n = by_seq.get(u.origin.seq + d)
+                if n is not None:
+                    n.value = max(n.value, decay ** abs(d) * u.value)
+
+    def _link_tool_calls(self, tenant: str, units: dict[str, _Unit], reach: int = 8) -> None:
+        """Bundle each tool call with its results (metadata `tool_call_ids` on the call,
+        `tool_call_id` on each result) so that packing never splits a pair: an orphaned
+        tool message is a provider error. Missing partners are fetched from nearby turns."""
+        linked = {o: ids for o, u in units.items() if (ids := _call_ids(u.origin))}
+        for u in units.values():
+            u.bundle = (u.origin.id,)
+        if not linked:
+            return
+        wanted = {s for o in linked for s in range(units[o].origin.seq - reach, units[o].origin.seq + reach + 1)}
+        wanted -= {u.origin.seq for u in units.values()}
+        known = set().union(*linked.values())
+        for item in self.store.get_by_seq(tenant, sorted(s for s in wanted if s >= 0)):
+            ids = _call_ids(item)
+            if ids & known and item.id not in units and self._admit(units, item):
+                units[item.id] = _Unit(item, [item], _ZERO, 0.0, bundle=(item.id,))
+                linked[item.id] = ids
+        groups: list[tuple[set[str], set[str]]] = []  # (call ids, origin ids)
+        for origin, ids in linked.items():
+            merged = (set(ids), {origin})
+            for group in [g for g in groups if g[0] & ids]:
+                groups.remove(group)
+                merged[0].update(group[0])
+                merged[1].update(group[1])
+            groups.append(merged)
+        for _, members in groups:
+            ordered = tuple(sorted(members, key=lambda o: units[o].origin.seq))
+            for o in members:
+                units[o].bundle = ordered
+
+    def _offer_compressed(self, units: dict[str, _Unit], budget: int) -> None:
+        """Offer a compressed form of the single-form candidates below the `verbatim_top`
+        most valuable (as many as could fill the budget four times): computed once per item and
+        ratio (batched), then cached."""
+        ranked = sorted((u for u in units.values() if len(u.forms) == 1 and not u.origin.pinned
+                         and not u.origin.is_derived), key=lambda u: -u.value)[self.verbatim_top:]
+        alpha = self.scorer.config.length_exponent  # the packer's order: value per (compressed) token^alpha
+        ranked.sort(key=lambda u: -u.value / max(1.0, (u.origin.tokens or 1) * self.compression_ratio) ** alpha)
+        reach, cut = 0.0, len(ranked)
+        for k, u in enumerate(ranked):  # forms for as many as could fit four times over, not the tail
+            reach += (u.origin.tokens or 1) * self.compression_ratio
+            if reach > 8 * budget:
+                cut = k + 1
+                break
+        ranked = ranked[:cut]
+        if not ranked:
+            return
+        ratio = self.compression_ratio
+        keys = [form_id(u.origin.id, ratio) for u in ranked]
+        with self._forms_lock:
+            missing = [u.origin for u, k in zip(ranked, keys) if k not in self._forms]
+        self.prepare(missing)  # normally done at ingest; here only for items it has not seen
+        with self._forms_lock:
+            forms = [self._forms.get(k) for k in keys]
+        for u, form in zip(ranked, forms):
+            if form is not None and form.text != u.origin.text and 0 < form.tokens < u.origin.tokens:
+                u.forms.insert(0, form)
+
+    def _add_summaries(self, tenant, query, vector, units: dict[str, _Unit], summaries, latest_seq, stats, user) -> None:
+        """Summaries as candidates, scored on the same scale as the turns: their raw BM25
+        and cosine (from the summary archive) are normalised together with the best turn's."""
+        fresh = [s for s in summaries if s.id not in units and self._admit(units, s)]
+        if not fresh:
+            return
+        raw = self.store.score(tenant, query, vector, [s.id for s in fresh]) if vector is not None else {}
+        best = max(units.values(), key=lambda u: u.parts.relevance, default=None)
+        ref = (best.parts.bm25, best.parts.dense) if best is not None else (0.0, 0.0)
+        bm25 = np.array([raw.get(s.id, (0.0, 0.0))[0] for s in fresh] + [ref[0]], dtype=np.float32)
+        dense = np.array([raw.get(s.id, (0.0, 0.0))[1] for s in fresh] + [ref[1]], dtype=np.float32)
+        seqs = np.array([float(s.metadata.get("last_seq", s.seq)) for s in fresh] + [latest_seq], dtype=np.float32)
+        importance = np.array([s.importance for s in fresh] + [0.0], dtype=np.float32)
+        parts = self.scorer.score(bm25=bm25, dense=dense, seqs=seqs, importance=importance, latest_seq=latest_seq,
+                                  stats=stats, user=user, query=query)
+        for summary, p in zip(fresh, parts):
+            units[summary.id] = _Unit(summary, [summary], p, p.total * SUMMARY_WEIGHT, Tier.L3,
+                                      bundle=(summary.id,), summary=True)
+
+    # -- packing ---------------------------------------------------------------------
+    def _pack(self, units: dict[str, _Unit], budget: int, recent: set[str]) -> dict[str, int]:
+        """Origin id -> index of the chosen form. Greedy by value per token^alpha, then
+        upgrade the most valuable compressed picks back to originals while budget lasts."""
+        self._cost_forms(units.values(), budget)
+        alpha = self.scorer.config.length_exponent
+        chosen: dict[str, int] = {}
+        days: set[str] = set()
+        remaining = budget
+
+        blocked: set[str] = set()  # originals a chosen summary stands for
+
+        def take(unit: _Unit, alone: bool = False) -> bool:
+            """Take `unit` with its whole bundle if it all fits (cheapest forms; pinned
+            members whole). A summary and its own originals exclude each other."""
+            nonlocal remaining
+            members = [units[o] for o in ((unit.origin.id,) if alone else unit.bundle) if o not in chosen]
+            if unit.summary:
+                sources = set(unit.origin.source_ids)
+                if sources & blocked or any(o in chosen for o in sources):
+                    return False
+            elif any(m.origin.id in blocked for m in members):
+                return False
+            forms = [len(m.forms) - 1 if m.origin.pinned else 0 for m in members]
+            need, new_days = 0, set()
+            for m, f in zip(members, forms):
+                need += m.costs[f] + 1  # +1: the joining newline
+                if m.day is not None and m.day not in days and m.day not in new_days:
+                    need += self._header_cost[m.day]
+                    new_days.add(m.day)
+            if need > remaining:
+                return False
+            remaining -= need
+            for m, f in zip(members, forms):
+                chosen[m.origin.id] = f
+            days.update(new_days)
+            if unit.summary:
+                blocked.update(unit.origin.source_ids)
+            return True
+
+        pinned = [u for u in units.values() if u.origin.pinned]
+        # a pinned item comes with its tool-call partners when they fit, else alone
+        if not all(take(u) or take(u, alone=True) for u in pinned):
+            need = sum(u.costs[-1] + 1 for u in pinned)
+            raise BudgetError(
+                f"pinned items need about {need} tokens but the budget is {budget}; raise budget= "
+                "(or Budget.max_tokens), or unpin / shorten the pinned items"
+            )
+        for origin in recent:
+            if origin in units and origin not in chosen:
+                take(units[origin])
+        order = sorted(units.values(), key=lambda u: -u.value / max(u.costs[0], 1) ** alpha)
+        for u in order:
+            if u.origin.id not in chosen and u.value > 0:
+                take(u)
+        for u in sorted((units[o] for o in chosen), key=lambda u: -u.value):
+            best = len(u.forms) - 1
+            extra = u.costs[best] - u.costs[chosen[u.origin.id]]
+            if chosen[u.origin.id] != best and extra <= remaining:
+                remaining -= extra
+                chosen[u.origin.id] = best
+        return chosen
+
+    def _cost_forms(self, units, budget: int) -> None:
+        units = list(units)
+        todo = [f for u in units for f in u.forms if f.id not in self._line_cost]
+        for form, n in zip(todo, self.counter.count_many([line(f) for f in todo])):
+            self._line_cost[form.id] = n
+        for u in units:
+            u.day = day_of(u.origin)
+            if u.day is not None and u.day not in self._header_cost:
+                self._header_cost[u.day] = self.counter.count(header(u.day)) + 1
+            if self._line_cost[u.forms[0].id] > budget // 2 and not u.origin.pinned:
+                cut = self._truncated(u.forms[0], budget // 2)
+                u.forms.insert(0, cut)
+            u.costs = [self._line_cost[f.id] for f in u.forms]
+
+    def _truncated(self, item: ContextItem, max_tokens: int) -> ContextItem:
+        overhead = self.counter.count(line(item.evolve(text="")))
+        text = self.counter.truncate(item.text, max(1, max_tokens - overhead), marker=_TRUNCATION_MARKER)
+        cut = item.evolve(id=f"{item.origin_ids[0]}~cut{max_tokens}", text=text, tier=Tier.L2, source_ids=item.origin_ids)
+        self._line_cost[cut.id] = self.counter.count(line(cut))
+        return cut
+
+    # -- result ----------------------------------------------------------------------
+    def _result(self, units, chosen, budget, started, events) -> AssembledContext:
+        picked = sorted(chosen, key=lambda o: (units[o].origin.timestamp, units[o].origin.seq))
+        items = [units[o].forms[chosen[o]] for o in picked]
+        text = render(items)
+        tokens = self.counter.count(text)
+        while tokens > budget:  # BPE merges across lines can differ from the sum of parts
+            drop = min((o for o in picked if not units[o].origin.pinned), key=lambda o: units[o].value, default=None)
+            if drop is None:
+                raise BudgetError(f"pinned items alone render to {tokens} tokens > budget {budget}; raise the budget")
+            for o in units[drop].bundle:  # a bundle leaves whole
+                if o in chosen:
+                    picked.remove(o)
+                    del chosen[o]
+            items = [units[o].forms[chosen[o]] for o in picked]
+            text = render(items)
+            tokens = self.counter.count(text)
+        per_tier = {t.value: 0 for t in Tier}
+        original_tokens = 0
+        for o, item in zip(picked, items):
+            tier = item.tier if item.is_derived else (Tier.L1 if units[o].tier == Tier.L1 else Tier.L3)
+            per_tier[tier.value] += self._line_cost[item.id]
+            original_tokens += self._line_cost[units[o].origin.id] if units[o].origin.id in self._line_cost else self._line_cost[item.id]
+        used = sum(self._line_cost[i.id] for i in items)
+        report = AssemblyReport(
+            budget=budget,
+            tokens=tokens,
+            tokens_per_tier=per_tier,
+            candidates=len(units),
+            dropped=len(units) - len(items),
+            compression_ratio=round(original_tokens / used, 4) if used else 1.0,
+            seconds=round(time.perf_counter() - started, 6),
+            scores=Scores(units),
+            provenance={i.id: i.origin_ids for i in items},
+            events=events,
+            fact_checks={i.id: dict(i.metadata.get("fact_check") or {}) for o, i in zip(picked, items) if units[o].summary},
+            skipped=dict(units.skipped),
+        )
+        # coverage: originals present verbatim or as a 1:1 form; a summary covers none of its sources
+        origins = tuple(units[o].origin for o, i in zip(picked, items) if len(i.origin_ids) == 1 and not units[o].summary)
+        return AssembledContext(text=text, tokens=tokens, items=tuple(items), report=report, origins=origins)
+
+
+_ZERO = ScoreParts(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+#: A summary's value relative to a verbatim item with the same scores (it stands for many
+#: items, but only approximately, and never counts as covering them).
+SUMMARY_WEIGHT = 0.5
+
+
+def _call_ids(item: ContextItem) -> set[str]:
+    """The tool-call ids `item` makes or answers (malformed values count as none; such
+    items are skipped by `_admit` before they become candidates)."""
+    calls = item.metadata.get("tool_call_ids")
+    ids = {str(c) for c in calls} if isinstance(calls, (list, tuple)) else set()
+    if item.metadata.get("tool_call_id"):
+        ids.add(str(item.metadata["tool_call_id"]))
+    return ids

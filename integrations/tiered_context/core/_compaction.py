@@ -1,0 +1,572 @@
+"""The ladder that keeps a memory's working set under budget, and the progressive
+summaries that retiring history is folded into.
+
+`Ladder` is a component the facade (`core.memory.TieredContext`) composes: it owns the
+working set (L1 + L2), the live summaries, its background worker and its checkpoints,
+and the facade calls its steps: `admit` (new originals), `settle` (wait for background
+work and take any step left), `checkpoint`, `resume` (restore + replay on open),
+`view` (what `assemble` reads) and `close`.
+
+    admit ──► _ladder ──► 1.5x: alert event
+                    ──► 2.0x: _schedule_compression picks the oldest batch (deterministic)
+                              └► _compress (inline, or on the worker thread):
+                                   L1 originals -> L2 compressed forms
+                                   oldest L2 items retire -> _fold_retiring -> a summary
+                    ──► 2.5x: _prune, synchronous (pruned items are folded later)
+
+`checkpoint` archives the ladder's state (at `flush`, so at `close`) as a
+`core.checkpoint.Checkpoint` and `resume` reads it back, so a reopened memory continues
+exactly where it stopped, whatever batches compaction took. The background worker is one
+daemon thread: a hung summarizer never holds `close()` beyond its timeout, nor the
+interpreter's exit. Nothing here deletes: every original stays archived in L3.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import OrderedDict
+from time import monotonic as _now
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+from tiered_context.core._budget import LadderEvent, LadderLevel
+from tiered_context.core._checkpoint import Checkpoint
+from tiered_context.core._config import MemoryConfig
+from tiered_context.core._embed import normalize
+from tiered_context.core._enums import Compaction, Compression
+from tiered_context.core._facts import check_facts
+from tiered_context.core._items import ContextItem, Tier
+from tiered_context.core._namespace import Kind, Namespace
+from tiered_context.errors import DuplicateItemError
+from tiered_context.core._summarize import SummaryError, SummaryRejected, summary_id
+
+__all__ = ["Ladder", "LadderView", "PREPARE_BATCH", "RETRY_AFTER_ITEMS"]
+
+log = logging.getLogger("tiered_context")
+#: Stored items whose compressed forms are computed together, in the background.
+PREPARE_BATCH = 64
+#: After a failed compression, how many more puts before it is tried again.
+RETRY_AFTER_ITEMS = 16
+#: How long `close()` waits for background work when the summarizer names no timeout of
+#: its own (seconds): long enough for an LLM summary, short enough not to hang a shutdown.
+DEFAULT_SETTLE_TIMEOUT = 120.0
+_RANK = {level: rank for rank, level in enumerate(LadderLevel)}
+
+
+@dataclass(frozen=True, slots=True)
+class LadderView:
+    """What `assemble` reads of the ladder, taken under its lock in one step."""
+
+    working: list[ContextItem]
+    summaries: list[ContextItem]
+    events: tuple[LadderEvent, ...]
+
+
+class _Worker:
+    """One daemon thread that runs jobs in order. Daemon: a hung job (a summarizer that
+    never returns) cannot hold the interpreter's exit; `close()` waits only its timeout."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        self._jobs.put((future, fn, args))
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tiered-compaction", daemon=True)
+            self._thread.start()
+        return future
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:  # handed to whoever waits on the future
+                    future.set_exception(exc)
+
+    def shutdown(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+
+
+def settle_timeout(summarizer: object) -> float:
+    """How long to wait for background work: the summarizer's own bound (its `timeout`
+    per call, times its attempts) with room for the compressor, else the default."""
+    per_call = getattr(summarizer, "timeout", None)
+    if not isinstance(per_call, (int, float)) or per_call <= 0:
+        return DEFAULT_SETTLE_TIMEOUT
+    attempts = 1 + int(getattr(summarizer, "retries", 0) or 0)
+    backoff = float(getattr(summarizer, "backoff", 0.0) or 0.0)
+    return float(per_call) * attempts + backoff * (2 ** attempts) + 30.0
+
+
+class Ladder:
+    """The working set's ladder and progressive summaries of one namespace.
+
+    Built by `TieredContext` from its resolved `MemoryConfig` and `Namespace`; `prepare`
+    computes compressed forms of new items ahead of assembly (None: no compression of
+    candidates). Every step takes `self.lock`; the ladder never calls back into the facade.
+    """
+
+    def __init__(self, config: MemoryConfig, namespace: Namespace, *,
+                 prepare: Callable[[Sequence[ContextItem]], None] | None = None) -> None:
+        self.config = config
+        self.namespace = namespace
+        self.scoring = config.scoring
+        self.mode = config.compaction
+        self.lock = threading.RLock()
+        self._prepare = prepare
+        self._items_key = namespace.key
+        self._summary_keys = [k for k in (namespace.with_kind(Kind.SUMMARIES).key,
+                                          namespace.with_kind(Kind.SUMMARIES).legacy_key()) if k]
+        self._checkpoint_keys = [k for k in (namespace.with_kind(Kind.CHECKPOINTS).key,
+                                             namespace.with_kind(Kind.CHECKPOINTS).legacy_key()) if k]
+        self._next_seq = 0
+        self._working: OrderedDict[str, ContextItem] = OrderedDict()  # origin id -> current form
+        self._frontier: list[ContextItem] = []  # live summaries: not superseded, not merged upward
+        self._backlog: list[ContextItem] = []  # retired originals waiting to be summarized
+        self._summarized: set[str] = set()  # originals already folded into a summary
+        self._kept: dict[str, float] = {}  # origin id -> score of the facts that keep it in L2
+        self._released: set[str] = set()  # once released from `_kept`, never kept again
+        self._pruned: list[ContextItem] = []  # pruned at 2.5x, waiting to be folded into a summary
+        self._replaying = False
+        self._events: list[LadderEvent] = []
+        self._level: LadderLevel | None = None
+        self._pending: Future | None = None
+        self._worker: _Worker | None = None
+        self._unprepared: list[ContextItem] = []  # stored, compressed forms not yet computed
+        self._preparing: list[Future] = []
+        self._retry_at = 0
+        self._changes = 0  # compaction steps and prunes so far: what makes a checkpoint stale
+        self._saved: tuple[int, int, int] = (0, 0, 0)  # (checkpoint number, _changes, _retry_at) last archived
+
+    # -- the steps the facade calls ----------------------------------------------------------
+    def admit(self, items: Sequence[ContextItem]) -> None:
+        """New originals, just archived, enter L1 (oldest first); the ladder takes its step."""
+        with self.lock:
+            for item in items:
+                self._working[item.id] = item
+                self._next_seq = max(self._next_seq, item.seq + 1)
+            self._unprepared.extend(items)
+            if len(self._unprepared) >= PREPARE_BATCH:
+                self._prepare_forms()
+            self._ladder()
+
+    def view(self, *, summaries: bool = True, take_events: bool = False) -> LadderView:
+        """The working set, the live summaries, and (`take_events`: what `assemble`
+        reports, once) the ladder events since they were last taken."""
+        with self.lock:
+            events: tuple[LadderEvent, ...] = ()
+            if take_events:
+                events, self._events = tuple(self._events), []
+            return LadderView(list(self._working.values()), list(self._frontier) if summaries else [], events)
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait for background work and take any step left. False when `timeout` (seconds)
+        passed first: the work goes on in the background, nothing is lost."""
+        deadline = None if timeout is None else _now() + timeout
+        def wait(future: Future) -> bool:
+            try:
+                future.result(None if deadline is None else max(0.0, deadline - _now()))
+            except FutureTimeout:
+                return False
+            except Exception:  # logged where it happened; the ladder state is unchanged
+                pass
+            return True
+        with self.lock:
+            self._prepare_forms()
+        if not all(wait(f) for f in list(self._preparing)):
+            return False
+        for again in (True, False):
+            while (pending := self._pending) is not None:
+                if not wait(pending):
+                    return False
+            if again:  # puts that raced a finished batch may leave one more step to take
+                with self.lock:
+                    self._retry_at = 0  # an explicit settle acts now, backoff or not
+                    self._ladder()
+        return True
+
+    def close(self) -> None:
+        """Settle (at most the summarizer's timeout), checkpoint, stop the worker."""
+        if self.settle(settle_timeout(self.config.summarizer)):
+            self.checkpoint()
+        else:
+            log.warning("background compaction of %r did not finish within its timeout; closing without "
+                        "a checkpoint (nothing is lost: the history is replayed on the next open)", self.namespace)
+        if self._worker is not None:
+            self._worker.shutdown()
+
+    def resume(self, originals: Sequence[ContextItem]) -> None:
+        """Rebuild from the archive (`originals` in seq order): the latest checkpoint
+        restores the working set, the live summaries and the ladder exactly as they were;
+        the originals put after it are replayed inline, summaries taken from the archive."""
+        if not originals:
+            return
+        with self.lock:
+            start = self._restore({i.id: i for i in originals})
+            mode, self.mode = self.mode, Compaction.INLINE
+            self._replaying = True  # summaries are taken from the archive, never re-made
+            try:
+                for item in originals:
+                    if item.seq >= start:
+                        self._working[item.id] = item
+                        self._next_seq = item.seq + 1
+                        self._ladder()
+                self._next_seq = max(self._next_seq, originals[-1].seq + 1)
+                self._events.clear()
+            finally:
+                self.mode = mode
+                self._replaying = False
+
+    @property
+    def tokens(self) -> int:
+        """Tokens of the working set (L1 and L2), what the ladder keeps under budget."""
+        return sum(i.tokens for i in self._working.values())
+
+    # -- the ladder ----------------------------------------------------------------------
+    def _ladder(self) -> None:
+        tokens = self.tokens
+        level = self.config.budget.level(tokens)
+        rising = level is not None and (self._level is None or _RANK[level] > _RANK[self._level])
+        self._level = level
+        if rising and level == LadderLevel.ALERT:
+            self._emit(LadderEvent(level=level, working_tokens=tokens, limit_tokens=self.config.budget.working_limit,
+                                   detail=f"working set at {tokens / self.config.budget.working_limit:.2f}x"))
+        if level == LadderLevel.PRUNE:
+            self._prune(tokens)
+        if self.config.budget.level(self.tokens) in (LadderLevel.COMPRESS, LadderLevel.PRUNE) and self._pending is None:
+            self._schedule_compression()
+
+    def _prune(self, tokens: int) -> None:
+        """Synchronous: lowest priority (importance + recency) out of the working set."""
+        target = int(self.config.budget.compress_at * self.config.budget.working_limit) - 1
+        cfg = self.scoring
+        protected = set(list(self._working)[-self.config.budget.recent_items:]) if self.config.budget.recent_items else set()
+        latest = self._next_seq - 1
+        def priority(i: ContextItem) -> float:
+            return cfg.importance_weight * i.importance + cfg.recency_weight * 0.5 ** ((latest - i.seq) / cfg.half_life_items)
+        pruned = []
+        for item in sorted(self._working.values(), key=priority):
+            if tokens <= target:
+                break
+            if item.pinned or item.origin_ids[0] in protected:
+                continue
+            del self._working[item.origin_ids[0]]
+            self._kept.pop(item.origin_ids[0], None)
+            tokens -= item.tokens
+            pruned.append(item.origin_ids[0])
+            if self.config.summary.enabled:  # still folded into the next summary, like any retiring item
+                self._pruned.append(item)
+        self._changes += 1
+        self._emit(LadderEvent(level=LadderLevel.PRUNE, working_tokens=tokens, limit_tokens=self.config.budget.working_limit,
+                               item_ids=tuple(pruned), detail=f"pruned {len(pruned)} items to L3 (archived)"))
+
+    def _schedule_compression(self) -> None:
+        """Pick the batch now (deterministic), compress it inline or in the background."""
+        if self._next_seq < self._retry_at:
+            return
+        limit = self.config.budget.working_limit
+        ratio = self.config.budget.compression_ratio
+        tokens = self.tokens
+        protected = set(list(self._working)[-self.config.budget.recent_items:]) if self.config.budget.recent_items else set()
+        compress = self.config.compression != Compression.OFF
+        batch, retire = [], []
+        for origin, item in self._working.items():  # oldest first
+            if tokens <= limit:
+                break
+            if item.pinned or origin in protected or origin in self._kept:
+                continue
+            if item.tier == Tier.L1 and compress:
+                batch.append(item)
+                tokens -= int(item.tokens * (1 - ratio))
+            else:
+                retire.append(origin)
+                tokens -= item.tokens
+        if not batch and not retire:
+            return
+        if self.mode == Compaction.INLINE:
+            self._compress(batch, retire, ratio)
+            return
+        self._pending = self._submit(self._compress, batch, retire, ratio)
+
+    def _compress(self, batch: list[ContextItem], retire: list[str], ratio: float) -> None:
+        """Compress `batch` into L2 and retire `retire` to L3, folding the retiring
+        originals into the running summary. A failure leaves every item exactly as it was
+        (logged, reported) and is retried after `RETRY_AFTER_ITEMS` puts."""
+        failed = ""
+        try:
+            forms = self.config.compressor.compress(batch, ratio) if batch else []
+        except Exception as exc:
+            log.warning("compression of %d items failed; they stay verbatim in L1: %s", len(batch), exc)
+            failed, forms, batch = f"compression failed ({exc}); history unchanged", [], []
+        keep, summary_note, summary_failed = (self._fold_retiring(retire) if retire or self._pruned
+                                              else ({}, "", False))
+        with self.lock:
+            self._pending = None
+            self._changes += 1
+            before = self.tokens
+            if summary_failed:
+                retire = []  # the retiring items stay where they were
+            for origin in retire:
+                if origin in keep:
+                    self._kept[origin] = keep[origin]
+                else:
+                    self._working.pop(origin, None)
+            self._release_kept()
+            for original, form in zip(batch, forms):
+                if self._working.get(original.id) is original and form.tokens < original.tokens:
+                    self._working[original.id] = form
+            progressed = self.tokens < before
+            if failed or summary_failed or not progressed:  # back off instead of redoing a batch per put
+                self._retry_at = self._next_seq + RETRY_AFTER_ITEMS
+            detail = failed or f"compressed {len(forms)} to L2, retired {len(retire) - len(keep)} to L3"
+            self._emit(LadderEvent(level=LadderLevel.COMPRESS, working_tokens=self.tokens,
+                                   limit_tokens=self.config.budget.working_limit, item_ids=tuple(i.id for i in batch),
+                                   detail=detail + (f"; {summary_note}" if summary_note else "")))
+            if progressed and self.config.budget.level(self.tokens) in (LadderLevel.COMPRESS, LadderLevel.PRUNE):
+                self._schedule_compression()
+
+    def _release_kept(self) -> None:
+        """Items kept in L2 for their facts may use at most a quarter of the working limit;
+        beyond that the oldest are released (they retire with the next batch, already summarized)."""
+        cap = self.config.budget.working_limit // 4
+        kept = [o for o in self._working if o in self._kept]
+        used = sum(self._working[o].tokens for o in kept)
+        for origin in kept:
+            if used <= cap:
+                break
+            used -= self._working[origin].tokens
+            del self._kept[origin]
+            self._released.add(origin)
+        for origin in [o for o in self._kept if o not in self._working]:
+            del self._kept[origin]
+
+    # -- summaries ---------------------------------------------------------------------------
+    def _fold_retiring(self, retire: list[str]) -> tuple[dict[str, float], str, bool]:
+        """Fold the originals of `retire` (and the backlog) into the running summary.
+
+        Returns (items kept in L2 for their facts -> score, a note for the event, failed).
+        Runs off the lock (an LLM call may take seconds); only this job touches summaries.
+        """
+        if not self.config.summary.enabled:
+            return {}, "", False
+        with self.lock:
+            current = {o: self._working[o] for o in retire if o in self._working}
+            pruned, self._pruned = self._pruned, []
+        leaving = [(i.origin_ids[0], i) for i in pruned] + list(current.items())
+        derived = [o for o, i in leaving if i.is_derived]
+        stored = {i.id: i for i in self.config.store.get(self._items_key, derived)} if derived else {}
+        originals = [stored.get(o, i) if i.is_derived else i for o, i in leaving]
+        todo = sorted({i.id: i for i in self._backlog + originals if i.id not in self._summarized}.values(),
+                      key=lambda i: i.seq)
+        if not todo:
+            return {}, "", False
+        if sum(i.tokens for i in todo) < self.config.summary.min_batch_tokens:
+            self._backlog = todo  # too little to summarize yet: it waits (archived, retrievable)
+            return {}, "", False
+        previous = next((s for s in reversed(self._frontier) if s.metadata.get("summary_level") == 1
+                         and len(s.source_ids) < self.config.summary.capacity(1)), None)
+        try:
+            summary = self._summarize(todo, previous)
+        except Exception as exc:  # SummaryError, SummaryRejected or a bug in a custom summarizer
+            log.warning("summarizing %d retiring items failed; history unchanged: %s", len(todo), exc)
+            self._backlog = [i for i in todo if i.id not in current]
+            return {}, f"summary failed ({exc}); history unchanged, retried later", True
+        self._backlog = []
+        check = check_facts(todo + ([previous] if previous else []), summary)
+        keep: dict[str, float] = {}
+        for fact in sorted(check.high(self.config.summary.fact_threshold), key=lambda f: -f.score):
+            if (fact.source_id in current and fact.source_id not in keep and fact.source_id not in self._released
+                    and len(keep) < self.config.summary.max_fact_items):
+                keep[fact.source_id] = fact.score
+        if keep:  # the kept items stay themselves: the summary must stand for the others only
+            rest = [i for i in todo if i.id not in keep]
+            self._store_summary(summary)  # the draft is archived too, so a reopened memory replays it
+            try:
+                if not rest:
+                    raise SummaryError("every retiring item holds facts worth keeping")
+                summary = self._summarize(rest, previous)
+                check = check_facts(rest + ([previous] if previous else []), summary)
+                todo = rest
+            except Exception as exc:
+                log.info("no summary without the items kept for their facts (%s); they retire with the rest", exc)
+                keep = {}
+        summary = self._archive(summary.evolve(metadata={**summary.metadata, "fact_check": check.as_dict(),
+                                                         "kept_in_l2": sorted(keep)}), previous)
+        self._summarized.update(i.id for i in todo)
+        note = (f"summarized {len(todo)} items into {summary.id} ({summary.tokens} tokens); "
+                f"facts kept {check.kept}/{check.total}")
+        if check.missing:
+            note += "; missing: " + ", ".join(f.text for f in check.missing[:8])
+        if keep:
+            note += f"; {len(keep)} items kept in L2 for their facts"
+        note += self._merge_upward()
+        return keep, note, False
+
+    def _summarize(self, items: list[ContextItem], previous: ContextItem | None) -> ContextItem:
+        """A summary of `items` folded into `previous`: the archived one when these exact
+        inputs were summarized before (a reopened memory replays, it does not re-ask)."""
+        archived = self._stored_summaries([summary_id(items, previous)])
+        if archived:
+            return archived[0]
+        if self._replaying:
+            raise SummaryError("not archived before the memory was closed; it is made again later")
+        summary = self.config.summarizer.summarize(items, previous)
+        if not isinstance(summary, ContextItem) or not summary.is_derived or not summary.text.strip():
+            raise SummaryRejected(f"the summarizer returned {summary!r:.80}, not a summary item with text and "
+                                  "source_ids (use core.summarize.make_summary); the originals are kept")
+        return summary
+
+    def _stored_summaries(self, ids: Sequence[str]) -> list[ContextItem]:
+        """Archived summaries by id, in the order of `ids`: this namespace's, then those an
+        archive written before namespaces holds (only derived items: `put` can never plant one)."""
+        found: dict[str, ContextItem] = {}
+        for key in self._summary_keys:
+            missing = [i for i in ids if i not in found]
+            if not missing:
+                break
+            found.update((i.id, i) for i in self.config.store.get(key, missing) if i.is_derived)
+        return [found[i] for i in ids if i in found]
+
+    def _store_summary(self, summary: ContextItem) -> ContextItem:
+        """Archive `summary` with its vector. Its id derives from the span it covers, so the
+        span is summarized once: the archived one wins, also when another worker archived
+        a different text for the same span a moment ago."""
+        existing = self._stored_summaries([summary.id])
+        if existing:
+            return existing[0]
+        try:
+            self.config.store.add(self._summary_keys[0], [summary], normalize(self.config.embedder.embed([summary.text])))
+        except DuplicateItemError:
+            return self._stored_summaries([summary.id])[0]
+        return summary
+
+    def _archive(self, summary: ContextItem, previous: ContextItem | None) -> ContextItem:
+        """Store `summary` (with its vector) and make it live in place of what it folds."""
+        summary = self._store_summary(summary)
+        gone = {previous.id} if previous is not None else set()
+        gone.update(summary.metadata.get("children") or ())
+        with self.lock:
+            self._frontier = [s for s in self._frontier if s.id not in gone] + [summary]
+        return summary
+
+    def _merge_upward(self) -> str:
+        """Merge `fanout` sealed summaries of one level into the level above (repeatedly)."""
+        notes = []
+        level = 1
+        while level < 8:
+            sealed = [s for s in self._frontier if s.metadata.get("summary_level") == level
+                      and len(s.source_ids) >= self.config.summary.capacity(level)]
+            if len(sealed) < self.config.summary.fanout:
+                level += 1
+                continue
+            children = sealed[: self.config.summary.fanout]
+            previous = next((s for s in reversed(self._frontier) if s.metadata.get("summary_level") == level + 1
+                             and len(s.source_ids) < self.config.summary.capacity(level + 1)), None)
+            try:
+                merged = self._summarize(children, previous)
+            except Exception as exc:
+                log.warning("merging %d level-%d summaries failed; they stay as they are: %s", len(children), level, exc)
+                notes.append(f"level-{level + 1} merge failed ({exc}); retried later")
+                break
+            check = check_facts(children + ([previous] if previous else []), merged)
+            self._archive(merged.evolve(metadata={**merged.metadata, "fact_check": check.as_dict()}), previous)
+            notes.append(f"merged {len(children)} level-{level} summaries into {merged.id}")
+        return "".join(f"; {n}" for n in notes)
+
+    # -- background work ---------------------------------------------------------------------
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run `fn` on the ladder's one background thread (started on first use)."""
+        if self._worker is None:
+            self._worker = _Worker()
+        return self._worker.submit(fn, *args)
+
+    def _prepare_forms(self) -> None:
+        """Compress the items stored since the last batch, as one batch, off the request
+        path, so that assembly finds their compressed forms cached (never one call per put)."""
+        batch, self._unprepared = self._unprepared, []
+        if self._prepare is None or not batch:
+            return
+        if self.mode == Compaction.INLINE:
+            self._prepare(batch)
+            return
+        self._preparing = [f for f in self._preparing if not f.done()]
+        self._preparing.append(self._submit(self._prepare, batch))
+
+    def _emit(self, event: LadderEvent) -> None:
+        self._events.append(event)
+        del self._events[:-100]
+        if self.config.on_event is not None:
+            try:
+                self.config.on_event(event)
+            except Exception:  # a callback must not break ingestion
+                log.exception("on_event callback failed")
+
+    # -- checkpoints (core.checkpoint) ------------------------------------------------------
+    def checkpoint(self) -> None:
+        """Archive the ladder's state if a compaction step or prune changed it since the last
+        checkpoint. Called by `flush` once the ladder has settled (so by `close`).
+
+        Originals put since then need no checkpoint: `resume` leaves them to a replay
+        through the ladder, which takes the same decisions as long as none was taken live.
+        """
+        with self.lock:
+            number, changes, retry_at = self._saved
+            if (changes, retry_at) == (self._changes, self._retry_at) or self._pending is not None:
+                return  # unchanged, or mid-step (a later flush writes it)
+            record = Checkpoint(
+                number=number + 1, next_seq=self._next_seq,
+                working=[(origin, item.tier.value) for origin, item in self._working.items()],
+                frontier=[s.id for s in self._frontier], backlog=[i.id for i in self._backlog],
+                pruned=[i.origin_ids[0] for i in self._pruned], kept=dict(self._kept),
+                released=sorted(self._released & self._working.keys()),  # only these can matter again
+                retry_at=self._retry_at, level=self._level.value if self._level is not None else None,
+            ).to_item()
+            self.config.store.add(self._checkpoint_keys[0], [record], normalize(self.config.embedder.embed([record.text])))
+            self._saved = (number + 1, self._changes, self._retry_at)
+
+    def _restore(self, originals: Mapping[str, ContextItem]) -> int:
+        """Restore the latest checkpoint; returns the `next_seq` it covers (0 without one,
+        or when it names items the archive lacks: the caller then replays all history).
+
+        L2 forms are not archived: they are made again from their originals in one batch.
+        """
+        try:
+            saved = Checkpoint.latest(self.config.store, self._checkpoint_keys)
+        except (KeyError, TypeError, ValueError) as exc:  # damaged, or written by a newer version
+            log.warning("unreadable checkpoint (%r); replaying the history instead", exc)
+            return 0
+        if saved is None:
+            return 0
+        self._saved = (saved.number, -1, -1)  # one that cannot be restored is replaced at the next flush
+        frontier = self._stored_summaries(saved.frontier)
+        named = [o for o, _ in saved.working] + saved.backlog + saved.pruned
+        if len(frontier) != len(saved.frontier) or any(o not in originals for o in named):
+            log.warning("checkpoint %d names items the archive lacks; replaying the history instead", saved.number)
+            return 0
+        compress = [originals[o] for o, tier in saved.working if tier == Tier.L2.value]
+        try:
+            forms = self.config.compressor.compress(compress, self.config.budget.compression_ratio) if compress else []
+        except Exception as exc:
+            log.warning("compressed forms could not be made again (%s); %d items resume verbatim", exc, len(compress))
+            forms = []
+        self._working = OrderedDict((o, originals[o]) for o, _ in saved.working)
+        self._working.update((f.origin_ids[0], f) for f in forms)
+        self._frontier = frontier
+        self._summarized = {o for s in frontier for o in s.source_ids}
+        self._backlog = [originals[o] for o in saved.backlog]
+        self._pruned = [originals[o] for o in saved.pruned]
+        self._kept, self._released = dict(saved.kept), set(saved.released)
+        self._retry_at = saved.retry_at
+        self._level = LadderLevel(saved.level) if saved.level is not None else None
+        self._saved = (saved.number, self._changes, self._retry_at)
+        return saved.next_seq

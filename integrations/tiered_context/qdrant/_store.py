@@ -1,0 +1,466 @@
+"""`QdrantColdStore`: the L3 archive in Qdrant, embedded by default, a server by URL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from tiered_context.core import ContextItem, Hit, SearchResult, SignalStats, normalize, terms
+from tiered_context.errors import ConfigError, DuplicateItemError, StoreError
+from tiered_context.qdrant._connect import connect
+from tiered_context.qdrant._engine import CollectionSpec, Engine, FusionMode, PointData, Query, Record
+from tiered_context.qdrant._payload import doc_terms, from_payload, to_payload
+from tiered_context.qdrant._state import WRITE_BATCH, scroll_all, shared_state
+from tiered_context.qdrant._stats import TenantStats, doc_weights
+from tiered_context.qdrant._tenancy import Scope, point_id, scope
+
+__all__ = ["QdrantColdStore"]
+
+log = logging.getLogger("tiered_context")
+
+
+class QdrantColdStore:
+    """The L3 cold tier in Qdrant: hybrid (dense + BM25) search, tenant-isolated, durable.
+
+    Setup::
+
+        from tiered_context import TieredContext
+        from tiered_context.qdrant import QdrantColdStore
+
+        store = QdrantColdStore(path="./memdir")                  # embedded, no server
+        store = QdrantColdStore(url="http://qdrant:6333", api_key="...")  # a server / cluster
+        ctx = TieredContext(session_id="s1", store=store)
+
+    Use: `TieredContext` calls it; directly, ``store.add(tenant, items, vectors)`` then
+    ``store.search(tenant, "query", qvec, limit=64, roles=["user"], since=t0)``.
+
+    Result: every `add` is on disk (write-ahead log fsynced) before it returns; every
+    read is scoped to one tenant (a session, user or agent string) and cannot see
+    another's items; each hit carries its raw BM25 and cosine parts, and the result the
+    collection-wide statistics the core z-normalises them with.
+
+    Engines: ``Engine.EDGE`` (default; qdrant-edge-py, HNSW in Rust, ~1 ms searches),
+    ``Engine.LOCAL`` (qdrant-client local mode: exact, slow past a few thousand items),
+    ``Engine.SERVER`` (implied by ``url=``). Stores on one path in one process share
+    the engine; another process on the same path is refused (run a server instead).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        engine: Engine | str | None = None,
+        collection: str = "tiered_context",
+        dim: int | None = None,
+        fusion: FusionMode | str = FusionMode.UNION,
+        exact_stats_limit: int = 4096,
+        cached_tenants: int = 128,
+        cached_items: int = 100_000,
+        timeout: float = 10.0,
+    ) -> None:
+        if not collection or not isinstance(collection, str) or "/" in collection:
+            raise ConfigError(f"collection must be a plain non-empty name, got {collection!r}")
+        if dim is not None and (not isinstance(dim, int) or dim <= 0):
+            raise ConfigError(f"dim must be a positive int, got {dim!r}")
+        if exact_stats_limit < 0 or cached_tenants < 1:
+            raise ConfigError("exact_stats_limit must be >= 0 and cached_tenants >= 1")
+        self.fusion = FusionMode(fusion)
+        self.collection_name = collection
+        self.exact_stats_limit = exact_stats_limit
+        self._cached_tenants = cached_tenants
+        self._handle = connect(path=path, url=url, api_key=api_key, engine=engine, timeout=timeout)
+        # Stores on one path in one process share the engine *and* this state, so their
+        # statistics and caches stay coherent whichever of them writes.
+        state = shared_state(self._handle.conn, collection, cached_items)
+        self._state = state
+        self._lock = state.lock
+        self._stats = state.stats
+        self._lengths = state.lengths
+        self._items = state.items
+        self._by_seq = state.by_seq
+        self.engine: Engine = self._handle.engine
+        self.path, self.url = path, url
+        self._closed = False
+        self._dim = dim
+        try:
+            meta = self._handle.conn.stored_meta(collection)
+            if meta is not None:
+                from tiered_context.qdrant._engine import check_meta
+
+                where = f"collection {collection!r} at {url or path or 'a temporary directory'}"
+                self._dim = check_meta(where, meta, "archive", dim)
+                self._open(self._dim)
+            elif dim is not None:
+                self._open(dim)
+        except BaseException:
+            self._handle.release()
+            raise
+
+    # -- writes ------------------------------------------------------------------------
+    def add(self, tenant: str, items: Sequence[ContextItem], vectors: np.ndarray) -> None:
+        """Archive `items` with their vectors under `tenant`; durable when it returns.
+
+        Re-adding an identical item is a no-op; the same id with other content raises
+        `DuplicateItemError`. The batch is one write: all of it or (on error) none.
+        """
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or len(items) != len(vectors):
+            raise StoreError(f"{len(items)} items need a 2-d array of {len(items)} vectors, got shape {vectors.shape}")
+        scope(tenant)  # validates the tenant before anything else
+        if not items:
+            return
+        with self._lock:
+            coll = self._ensure(vectors.shape[1])
+            stats = self._stats_for_write(tenant)
+            existing = {i.id: self._items[(tenant, i.id)] for i in items if (tenant, i.id) in self._items}
+            unknown = [i.id for i in items if i.id not in existing]
+            if unknown:
+                existing.update((i.id, i) for i in self._fetch(scope(tenant, ids=unknown)))
+            fresh: list[tuple[ContextItem, np.ndarray]] = []
+            seen: set[str] = set()
+            for item, vec in zip(items, vectors):
+                old = existing.get(item.id)
+                if old is not None or item.id in seen:
+                    if old is not None and old.text == item.text and old.role == item.role:
+                        continue
+                    raise DuplicateItemError(
+                        f"item id {item.id!r} is already stored with different content; "
+                        "give the new item its own id (or omit id= to derive one from content)"
+                    )
+                seen.add(item.id)
+                fresh.append((item, vec))
+            if not fresh:
+                return
+            unit = normalize(np.stack([v for _, v in fresh]))
+            toks = [doc_terms(i) for i, _ in fresh]
+            batch_len = sum(len(t) for t in toks)
+            if stats is not None:
+                avgdl = stats.avgdl(batch_len, len(toks))
+            else:  # a large tenant not in memory: the mean length of everything written here
+                avgdl = (self._lengths[0] + batch_len) / (self._lengths[1] + len(toks))
+            sparse = [doc_weights(t, avgdl) for t in toks]
+            points = [PointData(point_id(tenant, item.id), u, sp, to_payload(tenant, item, len(t)))
+                      for (item, _), u, sp, t in zip(fresh, unit, sparse, toks)]
+            step = WRITE_BATCH if self.engine == Engine.SERVER else len(points)
+            for start in range(0, len(points), step):  # embedded: one atomic write
+                coll.upsert(points[start:start + step])
+            self._state.remember(tenant, [from_payload(p.payload) for p in points])  # as a read returns it
+            self._lengths[0] += batch_len
+            self._lengths[1] += len(toks)
+            if stats is not None:
+                stats.add(unit, [dict(zip(*sp)) for sp in sparse], [len(t) for t in toks])
+                if stats.reweight_due():
+                    try:
+                        self._reweight(tenant, stats)
+                    except StoreError as exc:  # the batch is stored: `add` must not say otherwise
+                        self._stats.pop(tenant, None)  # maybe half reweighted: rebuilt from Qdrant on next use
+                        log.warning("BM25 reweighting of tenant %r postponed (%s)", tenant, exc)
+
+    async def aadd(self, tenant: str, items: Sequence[ContextItem], vectors: np.ndarray) -> None:
+        await asyncio.to_thread(self.add, tenant, items, vectors)
+
+    def delete(self, tenant: str, ids: Iterable[str]) -> None:
+        """Remove `ids` of `tenant` from the archive (ids of other tenants are untouched)."""
+        ids = list(ids)
+        where = scope(tenant, ids=ids)
+        if not ids or self._coll is None:
+            return
+        with self._lock:
+            self._coll.delete(where)
+            self._state.forget(tenant)
+            self._stats.pop(tenant, None)  # rebuilt from Qdrant on next use
+
+    async def adelete(self, tenant: str, ids: Iterable[str]) -> None:
+        await asyncio.to_thread(self.delete, tenant, list(ids))
+
+    def drop_tenant(self, tenant: str) -> None:
+        """Remove every item of `tenant` (a session's right to be forgotten)."""
+        if self._coll is None:
+            scope(tenant)
+            return
+        with self._lock:
+            self._coll.delete(scope(tenant))
+            self._state.forget(tenant)
+            self._stats.pop(tenant, None)
+
+    # -- reads -------------------------------------------------------------------------
+    def get(self, tenant: str, ids: Iterable[str]) -> list[ContextItem]:
+        """Items of `tenant` by id, in the order asked (unknown ids are skipped)."""
+        ids = list(ids)
+        scope(tenant)
+        if not ids or self._coll is None:
+            return []
+        with self._lock:
+            found = {i: self._items[(tenant, i)] for i in ids if (tenant, i) in self._items}
+        missing = [i for i in dict.fromkeys(ids) if i not in found]
+        if missing:
+            fetched = self._fetch(scope(tenant, ids=missing))
+            self._state.remember(tenant, fetched)
+            found.update((i.id, i) for i in fetched)
+        return [found[i] for i in ids if i in found]
+
+    def get_by_seq(self, tenant: str, seqs: Iterable[int]) -> list[ContextItem]:
+        """Original items of `tenant` at history positions `seqs`, in the order asked."""
+        seqs = [int(s) for s in seqs]
+        scope(tenant)
+        if not seqs or self._coll is None:
+            return []
+        found: dict[int, ContextItem] = {}
+        with self._lock:
+            for q in seqs:
+                key = (tenant, self._by_seq.get((tenant, q), ""))
+                if key in self._items:
+                    found[q] = self._items[key]
+        missing = [q for q in dict.fromkeys(seqs) if q not in found]
+        if missing:
+            fetched = self._fetch(scope(tenant, seqs=missing, originals_only=True))
+            self._state.remember(tenant, fetched)
+            found.update((i.seq, i) for i in fetched)
+        return [found[q] for q in seqs if q in found]
+
+    def items(self, tenant: str) -> list[ContextItem]:
+        """Every item of `tenant` (originals and derived), in history order."""
+        if self._coll is None:
+            scope(tenant)
+            return []
+        out = self._fetch(scope(tenant), limit=None)
+        return sorted(out, key=lambda i: (i.seq, i.is_derived, i.timestamp, i.id))
+
+    def count(self, tenant: str, *, originals_only: bool = True) -> int:
+        if self._coll is None:
+            scope(tenant)
+            return 0
+        return self._coll.count(scope(tenant, originals_only=originals_only))
+
+    def search(
+        self,
+        tenant: str,
+        query: str,
+        vector: np.ndarray,
+        *,
+        limit: int,
+        tiers: Iterable[str] | None = None,
+        roles: Iterable[str] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> SearchResult:
+        """Hybrid candidates for `query` within `tenant` (optionally only some tiers,
+        roles, or a time range), each with raw BM25 and cosine parts, and the statistics
+        of both signals over the tenant's whole collection."""
+        where = scope(tenant, tiers=tiers, roles=roles, since=since, until=until)
+        if self._coll is None or limit <= 0:
+            return SearchResult([], SignalStats())
+        q = normalize(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
+        if q.shape[0] != self._coll.dim:
+            raise StoreError(f"query vector has dim {q.shape[0]} but the collection holds {self._coll.dim}-d vectors")
+        with self._lock:
+            stats = self._tenant_stats(tenant)
+            if stats.n == 0:
+                return SearchResult([], SignalStats())
+            idf = stats.idf(terms(query))
+            matches = stats.query_matches(idf)
+        sparse = (list(idf), list(idf.values())) if idf else None
+        queries: list[Query] = []
+        if self.fusion == FusionMode.UNION or sparse is None:
+            queries.append(Query(where, limit, dense=q))
+            if sparse is not None:
+                queries.append(Query(where, limit, sparse=sparse))
+        else:
+            queries.append(Query(where, limit, dense=q, sparse=sparse, fusion=self.fusion))
+        exact = sparse is not None and 0 < matches <= self.exact_stats_limit
+        if exact:  # every matching document's score: exact BM25 mean and std
+            queries.append(Query(scope(tenant), matches, sparse=sparse, with_payload=False, with_ids=False))
+        found = self._coll.query(queries)
+        matched = np.array([r.score for r in found.pop()], dtype=np.float64) if exact else None
+        items: dict[str, ContextItem] = {}
+        for batch in found:
+            for r in batch:
+                if r.id not in items:
+                    items[r.id] = from_payload(r.payload)
+        self._state.remember(tenant, list(items.values()))
+        # UNION: each hit already has the part of the search that found it; fetch the other
+        cos = {items[r.id].id: r.score for r in found[0]} if len(found) == 2 or sparse is None else {}
+        bm = {items[r.id].id: r.score for r in found[1]} if len(found) == 2 else {}
+        ids = [i.id for i in items.values()]
+        more_cos, more_bm = self._scores(tenant, q, sparse, [i for i in ids if i not in cos],
+                                         [i for i in ids if i not in bm] if sparse is not None else [])
+        cos.update(more_cos)
+        bm.update(more_bm)
+        parts = {i: (float(bm.get(i, 0.0)), float(cos.get(i, 0.0))) for i in ids}
+        self._state.memo_for(self._memo_key(tenant, q, sparse)).update(parts)  # the assembler's score() call reuses them
+        hits = [Hit(i, *parts[i.id]) for i in items.values()]
+        with self._lock:
+            signal = stats.signal_stats(q, idf, matched)
+        return SearchResult(sorted(hits, key=lambda h: (h.item.seq, h.item.id)), signal)
+
+    async def asearch(self, tenant: str, query: str, vector: np.ndarray, *, limit: int, **filters: Any) -> SearchResult:
+        return await asyncio.to_thread(lambda: self.search(tenant, query, vector, limit=limit, **filters))
+
+    def score(self, tenant: str, query: str, vector: np.ndarray, ids: Iterable[str]) -> dict[str, tuple[float, float]]:
+        """(bm25, cosine) of each of `ids` stored under `tenant` (others are absent)."""
+        ids = list(ids)
+        if not ids or self._coll is None:
+            scope(tenant)
+            return {}
+        q = normalize(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
+        with self._lock:
+            idf = self._tenant_stats(tenant).idf(terms(query))
+        return self._parts(tenant, q, (list(idf), list(idf.values())) if idf else None, ids)
+
+    async def ascore(self, tenant: str, query: str, vector: np.ndarray, ids: Iterable[str]) -> dict[str, tuple[float, float]]:
+        return await asyncio.to_thread(self.score, tenant, query, vector, list(ids))
+
+    async def aget(self, tenant: str, ids: Iterable[str]) -> list[ContextItem]:
+        return await asyncio.to_thread(self.get, tenant, list(ids))
+
+    async def aget_by_seq(self, tenant: str, seqs: Iterable[int]) -> list[ContextItem]:
+        return await asyncio.to_thread(self.get_by_seq, tenant, list(seqs))
+
+    async def aitems(self, tenant: str) -> list[ContextItem]:
+        return await asyncio.to_thread(self.items, tenant)
+
+    async def acount(self, tenant: str, *, originals_only: bool = True) -> int:
+        return await asyncio.to_thread(self.count, tenant, originals_only=originals_only)
+
+    # -- housekeeping ------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write segments to disk now. Not needed for durability (every `add` is in the
+        fsynced write-ahead log when it returns); it shortens the next open's replay."""
+        coll = self._coll
+        if coll is not None and hasattr(coll, "flush"):
+            with self._lock:
+                coll.flush()
+
+    async def aflush(self) -> None:
+        await asyncio.to_thread(self.flush)
+
+    def optimize(self) -> bool:
+        """Build the HNSW indexes now (edge engine). Blocks the process while it runs
+        (seconds per 100k items); worth it for tenants past ~10k items."""
+        return bool(self._coll.optimize()) if self._coll is not None else False
+
+    def close(self) -> None:
+        """Release the engine (flushes segments when the last user closes it)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._handle.release()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    def __enter__(self) -> QdrantColdStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = self.url or self.path or "temporary directory"
+        return f"QdrantColdStore({self.engine.value}, {where!s}, collection={self.collection_name!r})"
+
+    # -- internals ---------------------------------------------------------------------
+    @property
+    def _connection(self) -> Any:
+        return self._handle.conn
+
+    def _spec(self, dim: int) -> CollectionSpec:
+        return CollectionSpec(name=self.collection_name, kind="archive", dim=dim, sparse=True,
+                              keyword_fields=("tier", "role", "form"), integer_fields=("seq",),
+                              float_fields=("timestamp",))
+
+    @property
+    def _coll(self) -> Any:
+        """The collection, or None while nothing was ever written (another store on the
+        same engine may have created it since: look again)."""
+        if self._closed:
+            raise StoreError("this QdrantColdStore is closed; open a new one")
+        if self._state.coll is None:
+            with self._lock:
+                if self._state.coll is None:
+                    meta = self._connection.stored_meta(self.collection_name)
+                    if meta is not None:
+                        from tiered_context.qdrant._engine import check_meta
+
+                        self._open(check_meta(f"collection {self.collection_name!r}", meta, "archive", self._dim))
+        return self._state.coll
+
+    def _open(self, dim: int) -> Any:
+        self._state.coll = self._connection.collection(self._spec(dim))
+        self._dim = dim
+        return self._state.coll
+
+    def _ensure(self, dim: int) -> Any:
+        if self._coll is None:
+            return self._open(dim)
+        if dim != self._coll.dim:
+            raise StoreError(f"vectors have dim {dim} but this store holds dim {self._coll.dim}; use the same embedder")
+        return self._coll
+
+    def _records(self, where: Scope, *, with_vectors: bool | list[str] = False, limit: int | None = None,
+                 payload: bool | list[str] = True) -> list[Record]:
+        return scroll_all(self._coll, where, with_vectors=with_vectors, limit=limit, payload=payload)
+
+    def _stats_for_write(self, tenant: str) -> TenantStats | None:
+        return self._state.stats_for_write(self._coll, tenant, self._cached_tenants)
+
+    def _tenant_stats(self, tenant: str) -> TenantStats:
+        return self._state.tenant_stats(self._coll, tenant, self._cached_tenants)
+
+    def _reweight(self, tenant: str, stats: TenantStats) -> None:
+        self._state.reweight(self._coll, tenant, stats)
+
+    def _fetch(self, where: Scope, limit: int | None = -1) -> list[ContextItem]:
+        if self._coll is None:
+            return []
+        if limit == -1:
+            limit = len(where.point_ids) if where.point_ids is not None else None
+        if limit == 0:
+            return []
+        return [from_payload(r.payload) for r in self._records(where, limit=limit)]
+
+    def _memo_key(self, tenant: str, q: np.ndarray, sparse: tuple[list[int], list[float]] | None) -> tuple:
+        stats = self._stats.get(tenant)  # a write changes n, a delete the object: a new key
+        return (tenant, q.tobytes(), None if sparse is None else tuple(sparse[1]), id(stats), stats and stats.n)
+
+    def _parts(self, tenant: str, q: np.ndarray, sparse: tuple[list[int], list[float]] | None,
+               ids: list[str]) -> dict[str, tuple[float, float]]:
+        """(bm25, cosine) of `ids`, computed inside Qdrant (only ids and scores move)."""
+        unique = list(dict.fromkeys(ids))
+        if not unique:
+            return {}
+        memo = self._state.memo_for(self._memo_key(tenant, q, sparse))
+        todo = [i for i in unique if i not in memo]
+        if todo:
+            cos, bm = self._scores(tenant, q, sparse, todo, todo if sparse is not None else [])
+            memo.update((i, (float(bm.get(i, 0.0)), float(cos[i]))) for i in todo if i in cos)
+        return {i: memo[i] for i in unique if i in memo}
+
+    def _scores(self, tenant: str, q: np.ndarray, sparse: tuple[list[int], list[float]] | None,
+                cos_ids: list[str], bm_ids: list[str]) -> tuple[dict[str, float], dict[str, float]]:
+        """Cosine of `cos_ids` (an exact dense search restricted to them; every one that
+        exists comes back) and BM25 of `bm_ids` (a sparse search restricted to them; the
+        ones without a query term are absent = 0), in one request, by item id."""
+        queries, backs = [], []
+        for ids, kind in ((cos_ids, "dense"), (bm_ids, "sparse")):
+            if not ids:
+                continue
+            where = scope(tenant, ids=ids)
+            assert where.point_ids is not None
+            backs.append((kind, dict(zip(where.point_ids, ids))))
+            if kind == "dense":
+                queries.append(Query(where, len(ids), dense=q, with_payload=False, exact=True))
+            else:
+                queries.append(Query(where, len(ids), sparse=sparse, with_payload=False))
+        out: dict[str, dict[str, float]] = {"dense": {}, "sparse": {}}
+        if queries:
+            for (kind, back), records in zip(backs, self._coll.query(queries)):
+                out[kind] = {back[r.id]: r.score for r in records if r.id in back}
+        return out["dense"], out["sparse"]
