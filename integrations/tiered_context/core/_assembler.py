@@ -6,6 +6,7 @@ stateless between calls apart from a cache of per-item line costs.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
@@ -30,6 +31,24 @@ from tiered_context.errors import BudgetError, ConfigError, InputError
 __all__ = ["ContextAssembler"]
 
 _TRUNCATION_MARKER = " […truncated; the original is archived]"
+
+# Tunables, named. Chosen at earlier stops on LoCoMo dev / QMSum train by the eval's recall
+# rows (not re-measured in this change); each says what it bounds.
+#: L3 search asks for at least this many hits, and one per `TOKENS_PER_CANDIDATE` budget
+#: tokens above it: ~2-3x the turns a budget can hold, so ranking, not the search, decides.
+MIN_CANDIDATES = 64
+TOKENS_PER_CANDIDATE = 10
+#: How many of the strongest hits lend value to their neighbouring turns.
+NEIGHBOUR_SOURCES = 16
+#: How far (in seq) a tool call and its results are looked for around a candidate.
+TOOL_PAIR_REACH = 8
+#: Compressed forms are made for the candidates that could fill the budget this many times
+#: over (compressed), never for the tail that could not be packed anyway.
+FORM_REACH = 8
+#: One item may take at most this share of the budget; a longer one is offered truncated.
+MAX_ITEM_SHARE = 0.5
+#: Line costs kept per assembler (per item id); the oldest half goes when it is exceeded.
+LINE_COST_CACHE = 200_000
 log = logging.getLogger("tiered_context")
 
 
@@ -111,6 +130,9 @@ class ContextAssembler:
         asked_at: float | None = None,
     ) -> AssembledContext:
         started = time.perf_counter()
+        if len(self._line_cost) > LINE_COST_CACHE:  # bounded: the oldest half goes (they are cheap to redo)
+            for key in list(itertools.islice(self._line_cost, len(self._line_cost) // 2)):
+                self._line_cost.pop(key, None)
         if not isinstance(query, str):
             raise InputError(f"query must be str, got {type(query).__name__}")
         check_text(query, "query")  # a lone surrogate would break the embedder with a raw TypeError
@@ -198,7 +220,7 @@ class ContextAssembler:
                 units[origin_id] = _Unit(item, [item], _ZERO, 0.0, Tier.L1)
         stats = None
         if vector is not None:
-            found = self.store.search(tenant, query, vector, limit=max(64, budget // 10))
+            found = self.store.search(tenant, query, vector, limit=max(MIN_CANDIDATES, budget // TOKENS_PER_CANDIDATE))
             stats = found.stats
             for hit in found.hits:
                 if hit.item.is_derived or hit.item.id in units or not self._admit(units, hit.item):
@@ -230,7 +252,8 @@ class ContextAssembler:
                 if window[0] <= u.origin.timestamp <= window[1] and u.parts.relevance > 0:
                     u.value *= 1.0 + boost
 
-    def _expand_neighbours(self, tenant, query, vector, units: dict[str, _Unit], latest_seq, stats, user, top: int = 16) -> None:
+    def _expand_neighbours(self, tenant, query, vector, units: dict[str, _Unit], latest_seq, stats, user,
+                           top: int = NEIGHBOUR_SOURCES) -> None:
         """Turns within `neighbour_window` of a strong hit inherit `decay ** distance` of its
         value: evidence often spans a few turns (a question, its answer, the follow-up)."""
         decay, window = self.scorer.config.neighbour_decay, self.scorer.config.neighbour_window
@@ -253,7 +276,7 @@ class ContextAssembler:
                 if n is not None:
                     n.value = max(n.value, decay ** abs(d) * u.value)
 
-    def _link_tool_calls(self, tenant: str, units: dict[str, _Unit], reach: int = 8) -> None:
+    def _link_tool_calls(self, tenant: str, units: dict[str, _Unit], reach: int = TOOL_PAIR_REACH) -> None:
         """Bundle each tool call with its results (metadata `tool_call_ids` on the call,
         `tool_call_id` on each result) so that packing never splits a pair: an orphaned
         tool message is a provider error. Missing partners are fetched from nearby turns."""
@@ -285,16 +308,16 @@ class ContextAssembler:
 
     def _offer_compressed(self, units: dict[str, _Unit], budget: int) -> None:
         """Offer a compressed form of the single-form candidates below the `verbatim_top`
-        most valuable (as many as could fill the budget four times): computed once per item and
+        most valuable (as many as could fill the budget `FORM_REACH` times): computed once per item and
         ratio (batched), then cached."""
         ranked = sorted((u for u in units.values() if len(u.forms) == 1 and not u.origin.pinned
                          and not u.origin.is_derived), key=lambda u: -u.value)[self.verbatim_top:]
         alpha = self.scorer.config.length_exponent  # the packer's order: value per (compressed) token^alpha
         ranked.sort(key=lambda u: -u.value / max(1.0, (u.origin.tokens or 1) * self.compression_ratio) ** alpha)
         reach, cut = 0.0, len(ranked)
-        for k, u in enumerate(ranked):  # forms for as many as could fit four times over, not the tail
+        for k, u in enumerate(ranked):  # forms for as many as could fit FORM_REACH times over, not the tail
             reach += (u.origin.tokens or 1) * self.compression_ratio
-            if reach > 8 * budget:
+            if reach > FORM_REACH * budget:
                 cut = k + 1
                 break
         ranked = ranked[:cut]
@@ -402,8 +425,8 @@ class ContextAssembler:
             u.day = day_of(u.origin)
             if u.day is not None and u.day not in self._header_cost:
                 self._header_cost[u.day] = self.counter.count(header(u.day)) + 1
-            if self._line_cost[u.forms[0].id] > budget // 2 and not u.origin.pinned:
-                cut = self._truncated(u.forms[0], budget // 2)
+            if self._line_cost[u.forms[0].id] > int(budget * MAX_ITEM_SHARE) and not u.origin.pinned:
+                cut = self._truncated(u.forms[0], int(budget * MAX_ITEM_SHARE))
                 u.forms.insert(0, cut)
             u.costs = [self._line_cost[f.id] for f in u.forms]
 

@@ -378,7 +378,8 @@ class Ladder:
         try:
             summary = self._summarize(todo, previous)
         except Exception as exc:  # SummaryError, SummaryRejected or a bug in a custom summarizer
-            log.warning("summarizing %d retiring items failed; history unchanged: %s", len(todo), exc)
+            log.warning("summarizing %d retiring items failed; history unchanged: %s", len(todo), exc,
+                        exc_info=None if isinstance(exc, SummaryError) else exc)  # a bug keeps its traceback
             self._backlog = [i for i in todo if i.id not in current]
             return {}, f"summary failed ({exc}); history unchanged, retried later", True
         self._backlog = []
@@ -398,7 +399,8 @@ class Ladder:
                 check = check_facts(rest + ([previous] if previous else []), summary)
                 todo = rest
             except Exception as exc:
-                log.info("no summary without the items kept for their facts (%s); they retire with the rest", exc)
+                log.info("no summary without the items kept for their facts (%s); they retire with the rest", exc,
+                         exc_info=None if isinstance(exc, SummaryError) else exc)
                 keep = {}
         summary = self._archive(summary.evolve(metadata={**summary.metadata, "fact_check": check.as_dict(),
                                                          "kept_in_l2": sorted(keep)}), previous)
