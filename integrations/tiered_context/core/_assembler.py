@@ -13,7 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -73,6 +73,22 @@ class _Units(dict):
         self.skipped: dict[str, str] = {}  # item id -> why it could not be scored or rendered
 
 
+@dataclass(frozen=True, slots=True)
+class _Query:
+    """One assembly's query: the one value every stage reads (store, scope, text, vector,
+    the sequence number recency is measured from, the user, when it is asked, and the
+    whole-collection signal statistics once the candidates are in)."""
+
+    store: ColdStore
+    tenant: str
+    text: str
+    vector: np.ndarray | None
+    latest_seq: int
+    user: str | None
+    asked_at: float | None
+    stats: SignalStats | None = None
+
+
 class ContextAssembler:
     """Packs the most valuable context into a hard token budget.
 
@@ -128,6 +144,7 @@ class ContextAssembler:
         summaries: Sequence[ContextItem] = (),
         summary_tenant: str | None = None,
         asked_at: float | None = None,
+        store: ColdStore | None = None,
     ) -> AssembledContext:
         started = time.perf_counter()
         if len(self._line_cost) > LINE_COST_CACHE:  # bounded: the oldest half goes (they are cheap to redo)
@@ -137,14 +154,17 @@ class ContextAssembler:
             raise InputError(f"query must be str, got {type(query).__name__}")
         check_text(query, "query")  # a lone surrogate would break the embedder with a raw TypeError
         vector = normalize(self.embedder.embed([query]))[0] if query.strip() else None
-        units, stats = self._candidates(tenant, query, vector, working_set, budget)
-        self._score(tenant, query, vector, units, latest_seq, stats, user, asked_at=asked_at)
-        self._expand_neighbours(tenant, query, vector, units, latest_seq, stats, user)
-        self._link_tool_calls(tenant, units)
+        q = _Query(store=store or self.store, tenant=tenant, text=query, vector=vector, latest_seq=latest_seq,
+                   user=user, asked_at=asked_at)
+        units, stats = self._candidates(q, working_set, budget)
+        q = replace(q, stats=stats)
+        self._score(q, units)
+        self._expand_neighbours(q, units)
+        self._link_tool_calls(q, units)
         if self.compressor is not None:
             self._offer_compressed(units, budget)
         if summaries:
-            self._add_summaries(summary_tenant or tenant, query, vector, units, summaries, latest_seq, stats, user)
+            self._add_summaries(replace(q, tenant=summary_tenant or tenant), units, summaries)
         recent = {i.origin_ids[0] for i in sorted(working_set, key=lambda i: i.seq)[-recent_items:]} if recent_items else set()
         chosen = self._pack(units, budget, recent)
         return self._result(units, chosen, budget, started, events)
@@ -204,10 +224,10 @@ class ContextAssembler:
         return True
 
     # -- candidates ------------------------------------------------------------------
-    def _candidates(self, tenant, query, vector, working_set, budget) -> tuple[dict[str, _Unit], SignalStats | None]:
+    def _candidates(self, q: _Query, working_set: Sequence[ContextItem], budget: int) -> tuple[dict[str, _Unit], SignalStats | None]:
         units = _Units()
         derived = [i.origin_ids[0] for i in working_set if i.is_derived]
-        originals = {o.id: o for o in self.store.get(tenant, derived)} if derived else {}  # one round trip
+        originals = {o.id: o for o in q.store.get(q.tenant, derived)} if derived else {}  # one round trip
         for item in working_set:
             origin_id = item.origin_ids[0]
             if not self._admit(units, item, originals.get(origin_id)):
@@ -219,8 +239,8 @@ class ContextAssembler:
             else:
                 units[origin_id] = _Unit(item, [item], _ZERO, 0.0, Tier.L1)
         stats = None
-        if vector is not None:
-            found = self.store.search(tenant, query, vector, limit=max(MIN_CANDIDATES, budget // TOKENS_PER_CANDIDATE))
+        if q.vector is not None:
+            found = q.store.search(q.tenant, q.text, q.vector, limit=max(MIN_CANDIDATES, budget // TOKENS_PER_CANDIDATE))
             stats = found.stats
             for hit in found.hits:
                 if hit.item.is_derived or hit.item.id in units or not self._admit(units, hit.item):
@@ -228,32 +248,30 @@ class ContextAssembler:
                 units[hit.item.id] = _Unit(hit.item, [hit.item], _ZERO, 0.0)
         return units, stats
 
-    def _score(self, tenant, query, vector, units: dict[str, _Unit], latest_seq, stats, user,
-               asked_at: float | None = None) -> None:
+    def _score(self, q: _Query, units: dict[str, _Unit]) -> None:
         ids = list(units)
         if not ids:
             return
-        raw = self.store.score(tenant, query, vector, ids) if vector is not None else {}
+        raw = q.store.score(q.tenant, q.text, q.vector, ids) if q.vector is not None else {}
         bm25 = np.array([raw.get(i, (0.0, 0.0))[0] for i in ids], dtype=np.float32)
         dense = np.array([raw.get(i, (0.0, 0.0))[1] for i in ids], dtype=np.float32)
         seqs = np.array([units[i].origin.seq for i in ids], dtype=np.float32)
         importance = np.array([units[i].origin.importance for i in ids], dtype=np.float32)
-        parts = self.scorer.score(bm25=bm25, dense=dense, seqs=seqs, importance=importance, latest_seq=latest_seq, stats=stats, user=user,
-                                  query=query)
+        parts = self.scorer.score(bm25=bm25, dense=dense, seqs=seqs, importance=importance, latest_seq=q.latest_seq,
+                                  stats=q.stats, user=q.user, query=q.text)
         for i, p in zip(ids, parts):
             units[i].parts, units[i].value = p, p.total
         # a relative date in the query ("two weeks ago", "last Saturday"), seen from when the
         # query is asked (only when the caller says so): relevant items from that span gain
         boost = self.scorer.config.time_match_boost
-        window = time_window(query, asked_at) if boost and asked_at is not None else None
+        window = time_window(q.text, q.asked_at) if boost and q.asked_at is not None else None
         if window is not None:
             for i in ids:
                 u = units[i]
                 if window[0] <= u.origin.timestamp <= window[1] and u.parts.relevance > 0:
                     u.value *= 1.0 + boost
 
-    def _expand_neighbours(self, tenant, query, vector, units: dict[str, _Unit], latest_seq, stats, user,
-                           top: int = NEIGHBOUR_SOURCES) -> None:
+    def _expand_neighbours(self, q: _Query, units: dict[str, _Unit], top: int = NEIGHBOUR_SOURCES) -> None:
         """Turns within `neighbour_window` of a strong hit inherit `decay ** distance` of its
         value: evidence often spans a few turns (a question, its answer, the follow-up)."""
         decay, window = self.scorer.config.neighbour_decay, self.scorer.config.neighbour_window
@@ -263,12 +281,12 @@ class ContextAssembler:
         offsets = [d for d in range(-window, window + 1) if d]
         by_seq = {u.origin.seq: u for u in units.values()}
         wanted = {u.origin.seq + d for u in best for d in offsets} - by_seq.keys()
-        fresh = [i for i in self.store.get_by_seq(tenant, sorted(s for s in wanted if s >= 0))
+        fresh = [i for i in q.store.get_by_seq(q.tenant, sorted(s for s in wanted if s >= 0))
                  if i.id not in units and self._admit(units, i)]
         for item in fresh:
             units[item.id] = _Unit(item, [item], _ZERO, 0.0)
         if fresh:
-            self._score(tenant, query, vector, units, latest_seq, stats, user)  # one normalisation for all
+            self._score(q, units)  # one normalisation for all
             by_seq = {u.origin.seq: u for u in units.values()}
         for u in best:
             for d in offsets:
@@ -276,7 +294,7 @@ class ContextAssembler:
                 if n is not None:
                     n.value = max(n.value, decay ** abs(d) * u.value)
 
-    def _link_tool_calls(self, tenant: str, units: dict[str, _Unit], reach: int = TOOL_PAIR_REACH) -> None:
+    def _link_tool_calls(self, q: _Query, units: dict[str, _Unit], reach: int = TOOL_PAIR_REACH) -> None:
         """Bundle each tool call with its results (metadata `tool_call_ids` on the call,
         `tool_call_id` on each result) so that packing never splits a pair: an orphaned
         tool message is a provider error. Missing partners are fetched from nearby turns."""
@@ -288,7 +306,7 @@ class ContextAssembler:
         wanted = {s for o in linked for s in range(units[o].origin.seq - reach, units[o].origin.seq + reach + 1)}
         wanted -= {u.origin.seq for u in units.values()}
         known = set().union(*linked.values())
-        for item in self.store.get_by_seq(tenant, sorted(s for s in wanted if s >= 0)):
+        for item in q.store.get_by_seq(q.tenant, sorted(s for s in wanted if s >= 0)):
             ids = _call_ids(item)
             if ids & known and item.id not in units and self._admit(units, item):
                 units[item.id] = _Unit(item, [item], _ZERO, 0.0, bundle=(item.id,))
@@ -334,21 +352,21 @@ class ContextAssembler:
             if form is not None and form.text != u.origin.text and 0 < form.tokens < u.origin.tokens:
                 u.forms.insert(0, form)
 
-    def _add_summaries(self, tenant, query, vector, units: dict[str, _Unit], summaries, latest_seq, stats, user) -> None:
+    def _add_summaries(self, q: _Query, units: dict[str, _Unit], summaries: Sequence[ContextItem]) -> None:
         """Summaries as candidates, scored on the same scale as the turns: their raw BM25
         and cosine (from the summary archive) are normalised together with the best turn's."""
         fresh = [s for s in summaries if s.id not in units and self._admit(units, s)]
         if not fresh:
             return
-        raw = self.store.score(tenant, query, vector, [s.id for s in fresh]) if vector is not None else {}
+        raw = q.store.score(q.tenant, q.text, q.vector, [s.id for s in fresh]) if q.vector is not None else {}
         best = max(units.values(), key=lambda u: u.parts.relevance, default=None)
         ref = (best.parts.bm25, best.parts.dense) if best is not None else (0.0, 0.0)
         bm25 = np.array([raw.get(s.id, (0.0, 0.0))[0] for s in fresh] + [ref[0]], dtype=np.float32)
         dense = np.array([raw.get(s.id, (0.0, 0.0))[1] for s in fresh] + [ref[1]], dtype=np.float32)
-        seqs = np.array([float(s.metadata.get("last_seq", s.seq)) for s in fresh] + [latest_seq], dtype=np.float32)
+        seqs = np.array([float(s.metadata.get("last_seq", s.seq)) for s in fresh] + [q.latest_seq], dtype=np.float32)
         importance = np.array([s.importance for s in fresh] + [0.0], dtype=np.float32)
-        parts = self.scorer.score(bm25=bm25, dense=dense, seqs=seqs, importance=importance, latest_seq=latest_seq,
-                                  stats=stats, user=user, query=query)
+        parts = self.scorer.score(bm25=bm25, dense=dense, seqs=seqs, importance=importance, latest_seq=q.latest_seq,
+                                  stats=q.stats, user=q.user, query=q.text)
         for summary, p in zip(fresh, parts):
             units[summary.id] = _Unit(summary, [summary], p, p.total * SUMMARY_WEIGHT, Tier.L3,
                                       bundle=(summary.id,), summary=True)

@@ -38,6 +38,8 @@ import numpy as np
 
 from tiered_context.core import (
     AssembledContext,
+    Kind,
+    Namespace,
     Compressor,
     ContextAssembler,
     Embedder,
@@ -84,7 +86,9 @@ class _View:
     are only added, rebuilt when one is retired or replaced."""
 
     def __init__(self, tree: _Tree, name: str) -> None:
-        self.tree, self.tenant = tree, f"{tree.tenant}/{name}"
+        self.tree = tree
+        where = Namespace(tenant=tree.tenant, session=name)  # fields, never a joined string
+        self.tenant, self.summary_tenant = where.key, where.with_kind(Kind.SUMMARIES).key
         self.ids: list[str] = []
         self.store = LocalColdStore()
         self.summaries: list[Any] = []
@@ -95,7 +99,6 @@ class _View:
         ids = [b.id for b in visible]
         if ids[: len(self.ids)] != self.ids:
             self.store, self.ids, self.summaries = LocalColdStore(), [], []
-            self.assembler.store = self.store
         fresh = visible[len(self.ids):]
         if not fresh:
             return
@@ -106,7 +109,7 @@ class _View:
         if turns:
             self.store.add(self.tenant, [i for i, _ in turns], np.stack([v for _, v in turns]))
         if sums:
-            self.store.add(f"{self.tenant}#summaries", [i for i, _ in sums], np.stack([v for _, v in sums]))
+            self.store.add(self.summary_tenant, [i for i, _ in sums], np.stack([v for _, v in sums]))
             self.summaries.extend(i for i, _ in sums)
         self.ids.extend(ids[len(self.ids):])
 
@@ -294,7 +297,7 @@ class ContextScope:
             view = self._view
             return view.assembler.assemble(
                 view.tenant, query, budget=budget, latest_seq=len(view.ids) - 1, user=user_id,
-                summaries=list(view.summaries), summary_tenant=f"{view.tenant}#summaries",
+                summaries=list(view.summaries), summary_tenant=view.summary_tenant, store=view.store,
             )
 
     async def aassemble(self, query: str, *, budget: int, user_id: str | None = None) -> AssembledContext:
