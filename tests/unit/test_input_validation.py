@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tiered_context import ConfigError, ContextItem, InputError, LocalColdStore, TieredContext
-from tiered_context.core import _items as items_module, day_of, normalize
+from tiered_context.core import _validate as items_module, day_of, normalize
 from tiered_context.core._render import render
 from tiered_context.testing import HashEmbedder
 

@@ -225,6 +225,7 @@ EXPECTED_ALL: dict[str, list[str]] = {
         "Compressor",
         "ContextAssembler",
         "ContextItem",
+        "DamagedRecord",
         "Embedder",
         "ExtractiveSummarizer",
         "Fact",
@@ -562,8 +563,8 @@ ALLOWED_PRIVATE: dict[str, list[str]] = {
         "tiered_context.core._facts",
     ],
     "tests/unit/test_input_validation.py": [
-        "tiered_context.core._items",
         "tiered_context.core._render",
+        "tiered_context.core._validate",
     ],
     "tests/unit/test_lm_importance.py": [
         "tiered_context.core._importance",

@@ -19,17 +19,8 @@ from tiered_context.core._embed import Embedder, MiniLMEmbedder, WordLlamaEmbedd
 from tiered_context.core._enums import Compaction, Compression, StoreKind
 from tiered_context.core._facts import Fact, FactCheck, check_facts
 from tiered_context.core._importance import self_information
-from tiered_context.core._items import (
-    ContextItem,
-    Role,
-    Tier,
-    check_reserved,
-    check_role,
-    check_text,
-    coerce_text,
-    plain_metadata,
-    to_timestamp,
-)
+from tiered_context.core._items import ContextItem, Role, Tier, coerce_text
+from tiered_context.core._journal import DamagedRecord, decode_record, encode_record
 from tiered_context.core._lexical import BM25Index, terms
 from tiered_context.core._llm_summarize import LLMSummarizer
 from tiered_context.core._meaning import same_meaning
@@ -38,16 +29,7 @@ from tiered_context.core._namespace import Kind, Namespace, check_id
 from tiered_context.core._render import day_of, header, speaker
 from tiered_context.core._result import AssembledContext, AssemblyReport
 from tiered_context.core._scoring import PreferenceModel, ScoreParts, Scorer, ScoringConfig
-from tiered_context.core._store import (
-    ColdStore,
-    Hit,
-    LocalColdStore,
-    SearchResult,
-    SignalStats,
-    decode_record,
-    encode_record,
-    search_text,
-)
+from tiered_context.core._store import ColdStore, Hit, LocalColdStore, SearchResult, SignalStats, search_text
 from tiered_context.core._summarize import (
     ExtractiveSummarizer,
     Summarizer,
@@ -56,6 +38,7 @@ from tiered_context.core._summarize import (
     SummaryRejected,
 )
 from tiered_context.core._tokens import REPLY_PRIMING, TokenCounter
+from tiered_context.core._validate import check_reserved, check_role, check_text, plain_metadata, to_timestamp
 
 __all__ = [
     "AssembledContext",
@@ -68,6 +51,7 @@ __all__ = [
     "Compressor",
     "ContextAssembler",
     "ContextItem",
+    "DamagedRecord",
     "Embedder",
     "ExtractiveSummarizer",
     "Fact",

@@ -20,7 +20,8 @@ import numpy as np
 from tiered_context.core._budget import LadderEvent
 from tiered_context.core._compress import Compressor, form_id
 from tiered_context.core._embed import Embedder, normalize
-from tiered_context.core._items import ContextItem, Tier, check_reserved, check_text
+from tiered_context.core._items import ContextItem, Tier
+from tiered_context.core._validate import check_reserved, check_text
 from tiered_context.core._render import day_of, header, line, render
 from tiered_context.core._result import AssembledContext, AssemblyReport, Scores
 from tiered_context.core._scoring import Scorer, ScoreParts, time_window

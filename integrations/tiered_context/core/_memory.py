@@ -31,7 +31,8 @@ from tiered_context.core._durable import read_json
 from tiered_context.core._embed import Embedder, normalize
 from tiered_context.core._enums import Compaction, Compression, StoreKind
 from tiered_context.core._importance import self_information
-from tiered_context.core._items import ContextItem, Role, Tier, to_timestamp
+from tiered_context.core._items import ContextItem, Role, Tier
+from tiered_context.core._validate import to_timestamp
 from tiered_context.core._namespace import Kind, Namespace
 from tiered_context.core._scoring import Scorer, ScoreParts, ScoringConfig
 from tiered_context.core._store import ColdStore

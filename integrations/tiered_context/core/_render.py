@@ -15,7 +15,8 @@ import functools
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
-from tiered_context.core._items import MAX_TIMESTAMP, ContextItem
+from tiered_context.core._items import ContextItem
+from tiered_context.core._validate import MAX_TIMESTAMP
 
 __all__ = ["line", "day_of", "header", "render", "speaker"]
 
