@@ -304,6 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["mcp"]:
         return _mcp(argv[1:])
+    if argv[:2] == ["bench", "workers"]:  # many worker processes on one memory (Postgres), beside the embedded default
+        from tiered_context.evals.bench_workers import main as bench_workers
+
+        return bench_workers(argv[2:])
     parser = _parser()
     args = parser.parse_args(argv)
     # quiet by default: a dependency that configures the root logger at INFO must not turn
