@@ -1,4 +1,5 @@
-"""RAG postprocessors inside a real LlamaIndex query engine, on QMSum meetings.
+"""RAG postprocessors inside a real LlamaIndex query engine and a real LangChain retrieval
+chain, on QMSum meetings.
 
 Each meeting of a QMSum split is cut into chunks of consecutive turns (``Speaker: text``
 lines, about `chunk_tokens` each; a node's metadata lists its turn ids), indexed in a
@@ -12,30 +13,43 @@ engine's node postprocessors, no LLM) for each pipeline and budget:
 - ``tiered-packer``: `TokenBudgetPostprocessor(token_limit=budget)`;
 - ``tiered-compress``: `CompressionPostprocessor(token_limit=budget)` (query-aware) + the packer.
 
+The LangChain half runs the same chunks (as `Document`s) through an `InMemoryVectorStore`
+with the same offline embeddings (`TieredEmbeddings`), and every query through an LCEL
+retrieval chain ``{"context": ContextualCompressionRetriever(...), "question": ...}``
+(top-k, then the compressor, no LLM):
+
+- ``lc-none``: no compressor, the retrieved documents in rank order, cut to the budget;
+- ``lc-embeddings-filter``: LangChain's `EmbeddingsFilter` (the top_k/2 most similar), cut;
+- ``lc-tiered``: the package's `TieredDocumentCompressor(max_tokens=budget)`.
+
 Evidence recall: the share of a query's evidence turns whose chunk is in the final
 context (a compressed chunk counts through its provenance; compression is lossy, so this
-is an upper bound for that row). LLM-free and deterministic. Only ids and figures are
-printed::
+is an upper bound for that row). RAGAS context recall: ragas' `NonLLMContextRecall`
+(Levenshtein similarity > 0.5, its defaults) with the evidence turns (``Speaker: text``) as
+reference contexts and the final context split into its lines as retrieved contexts, so a
+compressed turn counts only if its text survives (RAGAS telemetry off). LLM-free and
+deterministic. Only ids and figures are printed::
 
-    python -m evals.rag_postprocessors --qmsum ../shared/data/qmsum/val --budgets 500,1000,2000
+    python -m tiered_context.evals.rag_postprocessors --qmsum ../shared/data/qmsum/val
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["PIPELINES", "chunk_meeting", "run", "main"]
+__all__ = ["LC_PIPELINES", "PIPELINES", "chunk_meeting", "main", "ragas_context_recall", "run", "run_langchain"]
 
 
 def chunk_meeting(conv: Any, *, chunk_tokens: int = 150, counter: Any = None) -> list[Any]:
     """TextNodes of consecutive turns, about `chunk_tokens` each (metadata: turn ids)."""
     from llama_index.core.schema import TextNode
-
     from tiered_context import TokenCounter
 
     counter = counter or TokenCounter()
@@ -79,9 +93,14 @@ def _truncate(token_limit: int, counter: Any) -> Any:
 
 
 def _pipelines(embed_model: Any, counter: Any) -> dict[str, Callable[[int], list[Any]]]:
-    from llama_index.core.postprocessor import LongContextReorder, SentenceEmbeddingOptimizer
-
-    from tiered_context.llama_index import CompressionPostprocessor, TokenBudgetPostprocessor
+    from llama_index.core.postprocessor import (
+        LongContextReorder,
+        SentenceEmbeddingOptimizer,
+    )
+    from tiered_context.llama_index import (
+        CompressionPostprocessor,
+        TokenBudgetPostprocessor,
+    )
 
     return {
         "none": lambda b: [_truncate(b, counter)],
@@ -97,13 +116,56 @@ def _pipelines(embed_model: Any, counter: Any) -> dict[str, Callable[[int], list
 PIPELINES = ("none", "sentence-optimizer", "long-context-reorder", "tiered-packer", "tiered-compress")
 
 
+def ragas_context_recall(contexts: Sequence[str], references: Sequence[str], *, _cache: dict | None = None) -> float:
+    """RAGAS `NonLLMContextRecall` (its defaults: Levenshtein, threshold 0.5) of the
+    `references` (evidence turns) against the lines of the final `contexts`."""
+    os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
+    import warnings
+
+    from ragas import SingleTurnSample
+
+    with warnings.catch_warnings():  # ragas 0.4 warns that this import path moves in 1.0
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from ragas.metrics import NonLLMContextRecall
+
+    lines = [line for text in contexts for line in text.split("\n") if line.strip()]
+    refs = [r for r in references if r.strip()]
+    if not refs:
+        return float("nan")
+    if not lines:
+        return 0.0
+    key = (tuple(sorted(lines)), tuple(refs))
+    if _cache is not None and key in _cache:
+        return _cache[key]
+    sample = SingleTurnSample(retrieved_contexts=lines, reference_contexts=refs)
+    score = float(asyncio.run(NonLLMContextRecall().single_turn_ascore(sample)))
+    if _cache is not None:
+        _cache[key] = score
+    return score
+
+
+def _evidence_texts(conv: Any, evidence: Sequence[str]) -> list[str]:
+    text_of = {t.id: f"{t.speaker}: {t.text}" for t in conv.turns}
+    return [text_of[e] for e in evidence if e in text_of]
+
+
+def _rows(framework: str, sums: dict, tokens: dict, ragas: dict) -> list[dict[str, Any]]:
+    rows = []
+    for (name, budget), v in sums.items():
+        r = ragas.get((name, budget)) or []
+        rows.append({"framework": framework, "pipeline": name, "budget": budget, "recall": round(sum(v) / len(v), 4),
+                     "ragas_recall": round(sum(r) / len(r), 4) if r else None,
+                     "tokens": round(sum(tokens[(name, budget)]) / len(v), 1), "queries": len(v)})
+    return rows
+
+
 def run(conversations: Sequence[Any], budgets: Sequence[int], *, top_k: int = 20, chunk_tokens: int = 150,
-        pipelines: Sequence[str] = PIPELINES) -> list[dict[str, Any]]:
-    """Rows (pipeline, budget, evidence recall, mean tokens, queries)."""
+        pipelines: Sequence[str] = PIPELINES, ragas: bool = True) -> list[dict[str, Any]]:
+    """LlamaIndex rows (framework, pipeline, budget, evidence recall, RAGAS context recall
+    or None, mean tokens, queries)."""
     from llama_index.core import VectorStoreIndex
     from llama_index.core.query_engine import RetrieverQueryEngine
     from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
-
     from tiered_context import TokenCounter
     from tiered_context.llama_index import TieredEmbedding
 
@@ -112,6 +174,8 @@ def run(conversations: Sequence[Any], budgets: Sequence[int], *, top_k: int = 20
     makers = _pipelines(embed, counter)
     sums: dict[tuple[str, int], list[float]] = {}
     tokens: dict[tuple[str, int], list[int]] = {}
+    ragas_scores: dict[tuple[str, int], list[float]] = {}
+    cache: dict = {}
     for conv in conversations:
         nodes = chunk_meeting(conv, chunk_tokens=chunk_tokens, counter=counter)
         turns_of = {n.node_id: set(n.metadata["turns"].split(",")) for n in nodes}
@@ -129,11 +193,96 @@ def run(conversations: Sequence[Any], budgets: Sequence[int], *, top_k: int = 20
                         source = n.node.metadata.get("tiered_context_source_id", n.node.node_id)
                         covered |= turns_of.get(source, set())
                     sums.setdefault((name, budget), []).append(len(covered & set(q.evidence)) / len(q.evidence))
-                    tokens.setdefault((name, budget), []).append(
-                        sum(counter.count(n.node.get_content(metadata_mode=MetadataMode.LLM)) + 1 for n in out))
-    return [{"pipeline": name, "budget": budget, "recall": round(sum(v) / len(v), 4),
-             "tokens": round(sum(tokens[(name, budget)]) / len(v), 1), "queries": len(v)}
-            for (name, budget), v in sums.items()]
+                    texts = [n.node.get_content(metadata_mode=MetadataMode.LLM) for n in out]
+                    tokens.setdefault((name, budget), []).append(sum(counter.count(t) + 1 for t in texts))
+                    if ragas:
+                        ragas_scores.setdefault((name, budget), []).append(
+                            ragas_context_recall(texts, _evidence_texts(conv, q.evidence), _cache=cache))
+    return _rows("llama-index", sums, tokens, ragas_scores)
+
+
+LC_PIPELINES = ("lc-none", "lc-embeddings-filter", "lc-tiered")
+
+
+def _lc_truncate(max_tokens: int, counter: Any) -> Any:
+    """A LangChain `BaseDocumentCompressor` that keeps documents in their order while they
+    fit (the budget every LangChain baseline gets; ``lc-none`` is this alone)."""
+    from langchain_core.documents import BaseDocumentCompressor
+
+    class Truncate(BaseDocumentCompressor):
+        def compress_documents(self, documents, query, callbacks=None):  # type: ignore[no-untyped-def]
+            out, used = [], 0
+            for d in documents:
+                cost = counter.count(d.page_content) + 1
+                if used + cost <= max_tokens:
+                    out.append(d)
+                    used += cost
+            return out
+
+    return Truncate()
+
+
+def _lc_compressors(embeddings: Any, counter: Any, top_k: int) -> dict[str, Callable[[int], Any]]:
+    from langchain_classic.retrievers.document_compressors import (
+        DocumentCompressorPipeline,
+        EmbeddingsFilter,
+    )
+    from tiered_context.langchain import TieredDocumentCompressor
+
+    return {
+        "lc-none": lambda b: _lc_truncate(b, counter),
+        "lc-embeddings-filter": lambda b: DocumentCompressorPipeline(transformers=[
+            EmbeddingsFilter(embeddings=embeddings, k=max(1, top_k // 2), similarity_threshold=None),
+            _lc_truncate(b, counter)]),
+        "lc-tiered": lambda b: TieredDocumentCompressor(max_tokens=b, embedder=embeddings, counter=counter),
+    }
+
+
+def run_langchain(conversations: Sequence[Any], budgets: Sequence[int], *, top_k: int = 20, chunk_tokens: int = 150,
+                  pipelines: Sequence[str] = LC_PIPELINES, embeddings: Any = None,
+                  ragas: bool = True) -> list[dict[str, Any]]:
+    """LangChain rows, as `run`: an `InMemoryVectorStore` retriever (top-k) under a
+    `ContextualCompressionRetriever` per pipeline and budget, inside an LCEL retrieval
+    chain. `embeddings`: any LangChain `Embeddings` (default: the offline `TieredEmbeddings`)."""
+    from langchain_classic.retrievers import ContextualCompressionRetriever
+    from langchain_core.documents import Document
+    from langchain_core.runnables import RunnablePassthrough
+    from langchain_core.vectorstores import InMemoryVectorStore
+    from tiered_context import TokenCounter
+    from tiered_context.langchain import TieredEmbeddings
+
+    counter = TokenCounter()
+    embeddings = embeddings if embeddings is not None else TieredEmbeddings()
+    makers = _lc_compressors(embeddings, counter, top_k)
+    sums: dict[tuple[str, int], list[float]] = {}
+    tokens: dict[tuple[str, int], list[int]] = {}
+    ragas_scores: dict[tuple[str, int], list[float]] = {}
+    cache: dict = {}
+    for conv in conversations:
+        nodes = chunk_meeting(conv, chunk_tokens=chunk_tokens, counter=counter)
+        docs = [Document(page_content=n.text, id=n.node_id, metadata={"turns": n.metadata["turns"]}) for n in nodes]
+        store = InMemoryVectorStore(embedding=embeddings)
+        store.add_documents(docs, ids=[d.id for d in docs])
+        base = store.as_retriever(search_kwargs={"k": top_k})
+        chains = {(name, budget): {"context": ContextualCompressionRetriever(base_compressor=makers[name](budget),
+                                                                             base_retriever=base),
+                                   "question": RunnablePassthrough()}
+                  for name in pipelines for budget in budgets}
+        chains = {key: RunnablePassthrough() | chain for key, chain in chains.items()}
+        for q in conv.questions:
+            references = _evidence_texts(conv, q.evidence) if ragas else []
+            for (name, budget), chain in chains.items():
+                out = chain.invoke(q.text)["context"]
+                covered: set[str] = set()
+                for d in out:
+                    covered |= set(filter(None, str(d.metadata.get("turns", "")).split(",")))
+                sums.setdefault((name, budget), []).append(len(covered & set(q.evidence)) / len(q.evidence))
+                texts = [d.page_content for d in out]
+                tokens.setdefault((name, budget), []).append(sum(counter.count(t) + 1 for t in texts))
+                if ragas:
+                    ragas_scores.setdefault((name, budget), []).append(
+                        ragas_context_recall(texts, references, _cache=cache))
+    return _rows("langchain", sums, tokens, ragas_scores)
 
 
 def _NoLLM() -> Any:
@@ -150,15 +299,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--budgets", default="500,1000,2000")
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--chunk-tokens", type=int, default=150)
-    parser.add_argument("--meetings", type=int, default=None, help="at most this many meetings")
+    parser.add_argument("--meetings", type=int, default=12,
+                        help="at most this many meetings (default 12, a few minutes on 2 cores; 0 = all)")
+    parser.add_argument("--frameworks", default="llama-index,langchain", help="llama-index, langchain or both")
+    parser.add_argument("--no-ragas", action="store_true", help="skip RAGAS context recall (faster)")
     args = parser.parse_args(argv)
-    convs = load_qmsum(args.qmsum)[: args.meetings]
+    os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
+    convs = load_qmsum(args.qmsum)
+    convs = convs[: args.meetings] if args.meetings else convs
+    budgets = [int(b) for b in args.budgets.split(",")]
+    frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     start = time.perf_counter()
-    rows = run(convs, [int(b) for b in args.budgets.split(",")], top_k=args.top_k, chunk_tokens=args.chunk_tokens)
+    rows: list[dict[str, Any]] = []
+    common = {"top_k": args.top_k, "chunk_tokens": args.chunk_tokens, "ragas": not args.no_ragas}
+    if "llama-index" in frameworks:
+        rows += run(convs, budgets, **common)
+    if "langchain" in frameworks:
+        rows += run_langchain(convs, budgets, **common)
     print(f"{len(convs)} meetings, {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    print("| pipeline | budget | evidence recall | tokens |\n|---|---:|---:|---:|")
-    for r in sorted(rows, key=lambda r: (r["budget"], PIPELINES.index(r["pipeline"]))):
-        print(f"| {r['pipeline']} | {r['budget']} | {r['recall']:.3f} | {r['tokens']:.0f} |")
+    order = ("llama-index", "langchain")
+    names = PIPELINES + LC_PIPELINES
+    print("| framework | pipeline | budget | evidence recall | RAGAS context recall | tokens |\n|---|---|---:|---:|---:|---:|")
+    for r in sorted(rows, key=lambda r: (r["budget"], order.index(r["framework"]), names.index(r["pipeline"]))):
+        ragas = "-" if r["ragas_recall"] is None else f"{r['ragas_recall']:.3f}"
+        print(f"| {r['framework']} | {r['pipeline']} | {r['budget']} | {r['recall']:.3f} | {ragas} | {r['tokens']:.0f} |")
     print(json.dumps(rows), file=sys.stderr)
     return 0
 

@@ -126,3 +126,42 @@ def test_postprocessors_in_a_real_vector_store_query_engine():
     response = engine.query("Who manages the Lisbon office?")
     assert response.source_nodes
     assert sum(cost(n.node) for n in response.source_nodes) <= 120
+
+
+def test_langchain_rows_in_a_real_retrieval_chain():
+    """The LangChain half of the eval (issue 14, item 5): InMemoryVectorStore ->
+    ContextualCompressionRetriever (no compressor / EmbeddingsFilter / TieredDocumentCompressor)
+    inside an LCEL chain, evidence recall and RAGAS context recall per row. Tiny synthetic
+    meeting, offline (hash embeddings)."""
+    pytest.importorskip("langchain_classic")
+    pytest.importorskip("ragas")
+    from types import SimpleNamespace
+
+    from tiered_context.evals.rag_postprocessors import (
+        LC_PIPELINES,
+        ragas_context_recall,
+        run_langchain,
+    )
+    from tiered_context.langchain import TieredEmbeddings
+
+    filler = ["the coffee machine on floor two is broken again", "parking spaces move to the east lot in June",
+              "the plants in the lobby need water twice a week", "the printer queue jams every Monday morning"]
+    turns = [SimpleNamespace(id=str(i), speaker=f"Speaker {'AB'[i % 2]}", text=f"{filler[i % 4]}, item {i}.")
+             for i in range(40)]
+    turns[23] = SimpleNamespace(id="23", speaker="Speaker B", text=OFFICE)
+    question = SimpleNamespace(text="Who manages the Lisbon office?", evidence=("23",))
+    conv = SimpleNamespace(id="m1", turns=turns, questions=[question])
+    rows = run_langchain([conv], [60, 400], top_k=6, chunk_tokens=40, embeddings=TieredEmbeddings(HashEmbedder()))
+    assert {(r["framework"], r["pipeline"], r["budget"]) for r in rows} == {
+        ("langchain", p, b) for p in LC_PIPELINES for b in (60, 400)}
+    for r in rows:
+        assert r["queries"] == 1 and 0.0 <= r["recall"] <= 1.0 and 0.0 <= r["ragas_recall"] <= 1.0
+        assert r["tokens"] <= r["budget"] + 1
+    by = {(r["pipeline"], r["budget"]): r for r in rows}
+    assert by[("lc-tiered", 400)]["recall"] == 1.0 and by[("lc-tiered", 400)]["ragas_recall"] == 1.0
+
+    # RAGAS' string-based recall: a reference line found among the context's lines counts
+    ref = f"Speaker B: {OFFICE}"
+    assert ragas_context_recall(["Speaker A: hello there.\n" + ref], [ref]) == 1.0
+    assert ragas_context_recall(["Speaker A: the printer queue jams every Monday."], [ref]) == 0.0
+    assert ragas_context_recall([], [ref]) == 0.0
