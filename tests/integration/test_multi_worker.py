@@ -418,3 +418,158 @@ def test_create_agent_workers_make_the_model_calls_one_process_would(postgres_se
     finally:
         for name in names:
             postgres_server.drop_database(name)
+
+
+def _killable_agent_worker(uri: str, index: int, commands: Any, results: Any, stalled: Any) -> None:
+    """`_agent_worker` whose model call, on a "stall" turn, sets `stalled` and never returns:
+    by then the turn's input checkpoint and the middleware's archive writes are committed."""
+    from langchain.agents import create_agent
+    from langchain_core.messages import HumanMessage
+    from langgraph.checkpoint.postgres import PostgresSaver
+    from langgraph.store.postgres import PostgresStore
+
+    from tiered_context.langchain import TieredContextMiddleware
+    from tiered_context.langchain.testing import RecordingChatModel
+    from tiered_context.testing import HashEmbedder
+
+    stall = {"on": False}
+
+    class StallingModel(RecordingChatModel):
+        def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+            if stall["on"]:
+                stalled.set()  # the parent's wait returns once this has left the Event's lock
+                time.sleep(3600)  # killed here, inside the model call
+            return super()._generate(messages, stop, run_manager, **kwargs)
+
+    with PostgresStore.from_conn_string(uri) as store, PostgresSaver.from_conn_string(uri) as saver:
+        model = StallingModel(responses=["Noted."])
+        mw = TieredContextMiddleware(max_tokens=300, working_set_tokens=150, compaction="inline", embedder=HashEmbedder())
+        agent = create_agent(model, tools=[], middleware=[mw], store=store, checkpointer=saver)
+        results.put(("ready", index, os.getpid()))
+        while True:
+            cmd = commands.get()
+            if cmd[0] == "stop":
+                mw.close()
+                results.put(("stopped", index))
+                return
+            kind, thread, turn, text = cmd
+            stall["on"] = kind == "stall"
+            try:
+                agent.invoke({"messages": [HumanMessage(text)]}, {"configurable": {"thread_id": thread}})
+                results.put(("called", index, thread, turn, [m.text for m in model.calls[-1]]))
+            except Exception as exc:
+                results.put(("error", index, repr(exc)))
+
+
+def _run_killed_agents(uri: str, n: int, kill: tuple[int, int], *, turns: int, threads: int) -> dict[str, Any]:
+    """Turn `t` of thread `h` goes to worker ``alive[(t + h) % len(alive)]``; at `kill` =
+    (thread, turn) that worker is SIGKILLed inside the model call and the others carry on
+    (with one worker, a fresh process takes over, as a restarted server would). Returns the
+    model calls, each thread's archive (commit order) and its final checkpointed messages."""
+    from langgraph.checkpoint.postgres import PostgresSaver
+    from langgraph.store.postgres import PostgresStore
+
+    with PostgresStore.from_conn_string(uri) as store, PostgresSaver.from_conn_string(uri) as saver:
+        store.setup()
+        saver.setup()
+    PostgresColdStore(uri).close()
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    commands, events, procs, pids = [], [], [], {}
+
+    def spawn() -> int:
+        w = len(procs)
+        commands.append(ctx.Queue())
+        events.append(ctx.Event())
+        procs.append(ctx.Process(target=_killable_agent_worker, args=(uri, w, commands[w], results, events[w]), daemon=True))
+        procs[w].start()
+        return w
+
+    def expect(kind: str) -> tuple[Any, ...]:
+        msg = results.get(timeout=TIMEOUT)
+        assert msg[0] == kind, msg
+        return msg
+
+    alive = [spawn() for _ in range(n)]
+    for _ in range(n):
+        _, w, pid = expect("ready")
+        pids[w] = pid
+    calls: dict[tuple[str, int], list[str]] = {}
+    try:
+        for turn in range(turns):
+            for thread in range(threads):
+                text, _ = _turn_text(thread, turn)
+                worker = alive[(turn + thread) % len(alive)]
+                if (thread, turn) == kill:
+                    commands[worker].put(("stall", f"t{thread}", turn, text))
+                    assert events[worker].wait(TIMEOUT), "the victim never reached its model call"
+                    os.kill(pids[worker], signal.SIGKILL)
+                    procs[worker].join(timeout=10)
+                    assert procs[worker].exitcode == -signal.SIGKILL
+                    alive.remove(worker)
+                    if not alive:
+                        alive.append(spawn())
+                        _, w, pid = expect("ready")
+                        pids[w] = pid
+                    continue
+                commands[worker].put(("turn", f"t{thread}", turn, text))
+                msg = expect("called")
+                calls[(msg[2], msg[3])] = msg[4]
+    finally:
+        for w in alive:
+            commands[w].put(("stop",))
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    archive, state = {}, {}
+    cold = PostgresColdStore(uri, space="tiered_context")
+    try:
+        with PostgresSaver.from_conn_string(uri) as saver:
+            for thread in range(threads):
+                items = cold.items(f"t{thread}")  # the middleware's tenant of a thread without a user
+                archive[f"t{thread}"] = [(i.id, i.seq, i.role, i.text, i.is_derived) for i in items]
+                saved = saver.get_tuple({"configurable": {"thread_id": f"t{thread}"}})
+                state[f"t{thread}"] = [(m.type, m.text) for m in saved.checkpoint["channel_values"]["messages"]]
+    finally:
+        cold.close()
+    return {"calls": calls, "archive": archive, "state": state}
+
+
+def test_create_agent_workers_carry_on_after_one_is_killed_mid_model_call(postgres_server):
+    """Four workers (create_agent + TieredContextMiddleware on PostgresStore + PostgresSaver)
+    alternate the turns of 20 threads; one is SIGKILLed inside a model call, after its turn's
+    checkpoint and archive writes. The three others carry on: every later model call equals
+    the one a single process makes when it is killed at the same point and restarted, no
+    acknowledged message is lost or duplicated (in the checkpoints, in the archive, in any
+    later model call), no item or summary is archived twice, and no seq is issued twice."""
+    pytest.importorskip("langgraph.checkpoint.postgres")
+    turns, threads, kill = 8, 20, (5, 5)
+    runs, names = {}, []
+    try:
+        for n in (1, 4):
+            names.append(postgres_server.create_database())
+            runs[n] = _run_killed_agents(postgres_server.uri(names[-1]), n, kill, turns=turns, threads=threads)
+        one, four = runs[1], runs[4]
+        killed_text = _turn_text(*kill)[0]
+        acked = {f"t{h}": [_turn_text(h, t)[0] for t in range(turns) if (h, t) != kill] for h in range(threads)}
+        assert len(four["calls"]) == turns * threads - 1  # every later turn succeeded
+        assert four["calls"] == one["calls"]  # the model calls of one process killed and restarted
+        for thread, rows in four["archive"].items():
+            assert [r[2:] for r in rows] == [r[2:] for r in one["archive"][thread]], thread  # same records, same order
+            ids, seqs = [r[0] for r in rows], [r[1] for r in rows]
+            assert len(ids) == len(set(ids)) and len(seqs) == len(set(seqs)), thread  # nothing archived twice
+            humans = [r[3] for r in rows if r[2] == "user" and not r[4]]
+            assert len(humans) == len(set(humans)), thread  # no message archived twice
+            said = [t for kind, t in four["state"][thread] if kind == "human"]
+            assert four["state"][thread] == one["state"][thread]
+            assert [t for t in said if t != killed_text] == acked[thread], thread  # none lost, none duplicated
+            assert set(humans) <= set(said)
+            assert humans, thread  # the thread's history did reach the archive
+        for (thread, turn), texts in four["calls"].items():
+            for text in acked[thread][:turn]:  # an acknowledged message sent at most once per call
+                assert sum(text in t for t in texts) <= 1, (thread, turn, text)
+            assert sum(killed_text in t for t in texts) <= 1
+    finally:
+        for name in names:
+            postgres_server.drop_database(name)
