@@ -47,7 +47,6 @@ from tiered_context.core._importance import (
     Surprisal,
     WordScorer,
     detect_language,
-    information,
 )
 from tiered_context.core._items import ContextItem, Tier
 from tiered_context.core._lexical import terms

@@ -19,8 +19,6 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
-
 from tiered_context.core._result import AssembledContext
 from tiered_context.core._assembler import ContextAssembler
 from tiered_context.core._budget import Budget, LadderEvent
@@ -45,6 +43,7 @@ __all__ = ["TieredContext", "apply_feedback"]
 log = logging.getLogger("tiered_context")
 #: The side file where releases before namespaces kept learned weights (read once, migrated).
 LEGACY_PREFERENCES = "preferences.json"
+_PREFERENCES_TEXT = "learned priority weights"
 _UNSET: Any = object()
 
 
@@ -172,7 +171,9 @@ class TieredContext:
             compression_ratio=self.config.budget.compression_ratio,
         )
         self._lock = threading.RLock()  # orders puts: sequence numbers and archive writes
-        self._preferences_loaded: set[str | None] = set()
+        self._shared = isinstance(self.config.store, SharedColdStore)  # many workers write it: catch up
+        self._preference_numbers: dict[str | None, int] = {}  # user -> number of the latest archived weights
+        self._pref_vector: Any = None
         root = Namespace(session=session_id, user=user_id, tenant=tenant, thread=thread_id)
         self._open(root.with_generation(self._current_generation(root)))
         self._migrate_legacy_preferences()
@@ -249,7 +250,7 @@ class TieredContext:
         """Make `namespace` current: a fresh ladder, resumed from what the archive holds."""
         self._namespace = namespace
         self._ladder = Ladder(self.config, namespace, prepare=self._assembler.prepare if self._assembler.compressor else None)
-        shared = isinstance(self.store, SharedColdStore)
+        shared = self._shared
         self._log_position = self.store.watermark(namespace.key) if shared else 0  # read before the items
         originals = sorted((i for i in self.store.items(namespace.key) if not i.is_derived), key=lambda i: i.seq)
         self._next_seq = originals[-1].seq + 1 if originals else 0
@@ -259,7 +260,7 @@ class TieredContext:
     def _catch_up(self) -> None:
         """Admit the originals other workers acknowledged since this memory last looked (a
         store shared across processes: `SharedColdStore`). One cheap read when nothing changed."""
-        if not isinstance(self.store, SharedColdStore):
+        if not self._shared:
             return  # an in-process or single-process store: every write went through this object
         key = self._namespace.key
         with self._lock:
@@ -304,33 +305,27 @@ class TieredContext:
         key = self._namespace.key
         self._catch_up()
         with self._lock:
-            stored, fresh = [], []
-            seen: dict[str, ContextItem] = {}
+            known = {i.id: i for i in self.store.get(key, list(dict.fromkeys(i.id for i in batch)))}  # one read
+            new = []
             for item in batch:
-                existing = self.store.get(key, [item.id]) or ([seen[item.id]] if item.id in seen else [])
-                if existing and existing[0].text == item.text and existing[0].role == item.role:
-                    stored.append(existing[0])  # idempotent re-put
-                    continue
-                item = item.evolve(
-                    seq=self._next_seq + len(fresh),
-                    tokens=self.counter.count(item.text),
-                    tier=Tier.L1,
-                    importance=item.importance or (1.0 if item.pinned else self_information(item.text)),
-                )
-                seen[item.id] = item
-                fresh.append(item)
-                stored.append(item)
-            if fresh:  # archived first; a failure leaves the sequence and the ladder as they were
-                if isinstance(self.store, SharedColdStore):  # numbers no other worker can issue
-                    fresh = [i.evolve(seq=s) for i, s in zip(fresh, self.store.next_seqs(key, len(fresh)))]
-                    stored = [next((f for f in fresh if f.id == i.id), i) for i in stored]
+                old = known.get(item.id)
+                if old is None or old.text != item.text or old.role != item.role:
+                    known[item.id] = item  # a repeat later in the batch is idempotent; a conflict, the store's to refuse
+                    new.append(item)
+            if new:  # archived first; a failure leaves the sequence and the ladder as they were
+                seqs = (self.store.next_seqs(key, len(new)) if self._shared  # numbers no other worker can issue
+                        else range(self._next_seq, self._next_seq + len(new)))
+                fresh = [item.evolve(seq=seq, tokens=self.counter.count(item.text), tier=Tier.L1,
+                                     importance=item.importance or (1.0 if item.pinned else self_information(item.text)))
+                         for item, seq in zip(new, seqs)]
                 vectors = normalize(self.embedder.embed([i.text for i in fresh]))
                 self.store.add(key, fresh, vectors)  # raises on a conflicting id
+                known.update((i.id, i) for i in fresh)
                 self._next_seq = max(self._next_seq, fresh[-1].seq + 1)
-                if isinstance(self.store, SharedColdStore):
+                if self._shared:
                     self._known.update(i.id for i in fresh)
                 self._ladder.admit(fresh)
-        return stored
+            return [known[i.id] for i in batch]
 
     async def aput(self, content: Any, **kwargs: Any) -> ContextItem:
         """Async twin of `put` (embedding and the durable write run in a thread)."""
@@ -383,12 +378,12 @@ class TieredContext:
             weights = self.scorer.preferences.state().get(user or "")
             if weights is None:
                 return
-            key = self._preferences_key(user)
-            number = len(self.store.items(key)) + 1
+            number = self._preference_numbers[user] + 1
             digest = hashlib.blake2b(json.dumps(weights).encode(), digest_size=6).hexdigest()
-            record = ContextItem(id=f"pref-{number:010d}-{digest}", text="learned priority weights", role="preferences",
+            record = ContextItem(id=f"pref-{number:010d}-{digest}", text=_PREFERENCES_TEXT, role="preferences",
                                  tier=Tier.L3, metadata={"number": number, "weights": weights})
-            self.store.add(key, [record], normalize(self.embedder.embed([record.text])))
+            self.store.add(self._preferences_key(user), [record], self._preferences_vector())
+            self._preference_numbers[user] = number
 
     async def afeedback(self, assembled: AssembledContext, used: Iterable[str], *, user_id: str | None = None) -> None:
         await asyncio.to_thread(self.feedback, assembled, used, user_id=user_id)
@@ -399,18 +394,24 @@ class TieredContext:
         scope = Namespace(session=ns.session if user is None else "*", user=user, tenant=ns.tenant)
         return scope.with_kind(Kind.PREFERENCES).key
 
+    def _preferences_vector(self) -> Any:
+        """The vector archived with every preference record: one embedding of their fixed text."""
+        if self._pref_vector is None:
+            self._pref_vector = normalize(self.embedder.embed([_PREFERENCES_TEXT]))
+        return self._pref_vector
+
     def _load_preferences(self, user: str | None) -> None:
-        if user in self._preferences_loaded:
+        if user in self._preference_numbers:
             return
         records = [r for r in self.store.items(self._preferences_key(user))
                    if r.role == "preferences" and isinstance(r.metadata.get("weights"), list)]
-        if records:
-            latest = max(records, key=lambda r: (int(r.metadata.get("number", 0)), r.id))
+        latest = max(records, key=lambda r: (int(r.metadata.get("number", 0)), r.id), default=None)
+        if latest is not None:
             try:
                 self.scorer.preferences.load({user or "": latest.metadata["weights"]}, merge=True)
             except (TypeError, ValueError) as exc:
                 log.warning("learned weights of %r unreadable (%s); defaults used", user, exc)
-        self._preferences_loaded.add(user)
+        self._preference_numbers[user] = 0 if latest is None else int(latest.metadata.get("number", 0))
 
     def _migrate_legacy_preferences(self) -> None:
         """Weights a release before namespaces kept in ``<path>/preferences.json``: used as

@@ -31,14 +31,13 @@ from typing import Any
 from tiered_context.core import (
     ContextItem,
     Role,
-    check_reserved,
     check_role,
     check_text,
     coerce_text,
     plain_metadata,
     to_timestamp,
 )
-from tiered_context.errors import InputError, MergeConflict, ScopeError, TenantError
+from tiered_context.errors import InputError
 
 __all__ = ["BlockKind", "ContextBlock", "MergeResult", "OnConflict", "ScopeDiff", "content_hash"]
 
@@ -120,8 +119,7 @@ class ContextBlock:
         if not text.strip():
             raise InputError("a block needs non-empty content; skip empty messages")
         role = check_role(role)
-        metadata = plain_metadata(metadata)
-        check_reserved(metadata)
+        metadata = plain_metadata(metadata)  # reserved keys type-checked there
         try:
             kind = BlockKind(kind)
         except ValueError:
