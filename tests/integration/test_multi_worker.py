@@ -346,7 +346,11 @@ def test_tiered_context_workers_carry_on_after_one_is_killed_mid_put(postgres_se
         postgres_server.drop_database(multi)
 
 
-def _agent_worker(uri: str, index: int, commands: Any, results: Any) -> None:
+def _agent_worker(uri: str, index: int, commands: Any, results: Any, stalled: Any = None) -> None:
+    """One worker process: `create_agent` + the middleware on PostgresStore + PostgresSaver,
+    running the turns it is sent. With `stalled` (an Event), a "stall" turn's model call sets
+    it and never returns: by then the turn's input checkpoint and the middleware's archive
+    writes are committed, and the parent SIGKILLs the worker there."""
     from langchain.agents import create_agent
     from langchain_core.messages import HumanMessage
     from langgraph.checkpoint.postgres import PostgresSaver
@@ -356,8 +360,17 @@ def _agent_worker(uri: str, index: int, commands: Any, results: Any) -> None:
     from tiered_context.langchain.testing import RecordingChatModel
     from tiered_context.testing import HashEmbedder
 
+    stall = {"on": False}
+
+    class StallingModel(RecordingChatModel):
+        def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+            if stall["on"]:
+                stalled.set()  # the parent's wait returns once this has left the Event's lock
+                time.sleep(3600)  # killed here, inside the model call
+            return super()._generate(messages, stop, run_manager, **kwargs)
+
     with PostgresStore.from_conn_string(uri) as store, PostgresSaver.from_conn_string(uri) as saver:
-        model = RecordingChatModel(responses=["Noted."])
+        model = StallingModel(responses=["Noted."])
         mw = TieredContextMiddleware(max_tokens=300, working_set_tokens=150, compaction="inline", embedder=HashEmbedder())
         agent = create_agent(model, tools=[], middleware=[mw], store=store, checkpointer=saver)
         results.put(("ready", index, os.getpid()))
@@ -367,7 +380,8 @@ def _agent_worker(uri: str, index: int, commands: Any, results: Any) -> None:
                 mw.close()
                 results.put(("stopped", index))
                 return
-            _, thread, turn, text = cmd
+            kind, thread, turn, text = cmd
+            stall["on"] = kind == "stall"
             try:
                 agent.invoke({"messages": [HumanMessage(text)]}, {"configurable": {"thread_id": thread}})
                 results.put(("called", index, thread, turn, [m.text for m in model.calls[-1]]))
@@ -375,7 +389,6 @@ def _agent_worker(uri: str, index: int, commands: Any, results: Any) -> None:
                 results.put(("error", index, repr(exc)))
 
 
-@pytest.mark.skipif(not _facade_is_coherent(), reason="needs TieredContext to catch up with the store (issue 16)")
 def test_create_agent_workers_make_the_model_calls_one_process_would(postgres_server):
     """Four workers, each with its own create_agent + TieredContextMiddleware on PostgresStore +
     PostgresSaver, alternate the turns of 20 threads: every model call equals the single-process one."""
@@ -420,47 +433,6 @@ def test_create_agent_workers_make_the_model_calls_one_process_would(postgres_se
             postgres_server.drop_database(name)
 
 
-def _killable_agent_worker(uri: str, index: int, commands: Any, results: Any, stalled: Any) -> None:
-    """`_agent_worker` whose model call, on a "stall" turn, sets `stalled` and never returns:
-    by then the turn's input checkpoint and the middleware's archive writes are committed."""
-    from langchain.agents import create_agent
-    from langchain_core.messages import HumanMessage
-    from langgraph.checkpoint.postgres import PostgresSaver
-    from langgraph.store.postgres import PostgresStore
-
-    from tiered_context.langchain import TieredContextMiddleware
-    from tiered_context.langchain.testing import RecordingChatModel
-    from tiered_context.testing import HashEmbedder
-
-    stall = {"on": False}
-
-    class StallingModel(RecordingChatModel):
-        def _generate(self, messages, stop=None, run_manager=None, **kwargs):
-            if stall["on"]:
-                stalled.set()  # the parent's wait returns once this has left the Event's lock
-                time.sleep(3600)  # killed here, inside the model call
-            return super()._generate(messages, stop, run_manager, **kwargs)
-
-    with PostgresStore.from_conn_string(uri) as store, PostgresSaver.from_conn_string(uri) as saver:
-        model = StallingModel(responses=["Noted."])
-        mw = TieredContextMiddleware(max_tokens=300, working_set_tokens=150, compaction="inline", embedder=HashEmbedder())
-        agent = create_agent(model, tools=[], middleware=[mw], store=store, checkpointer=saver)
-        results.put(("ready", index, os.getpid()))
-        while True:
-            cmd = commands.get()
-            if cmd[0] == "stop":
-                mw.close()
-                results.put(("stopped", index))
-                return
-            kind, thread, turn, text = cmd
-            stall["on"] = kind == "stall"
-            try:
-                agent.invoke({"messages": [HumanMessage(text)]}, {"configurable": {"thread_id": thread}})
-                results.put(("called", index, thread, turn, [m.text for m in model.calls[-1]]))
-            except Exception as exc:
-                results.put(("error", index, repr(exc)))
-
-
 def _run_killed_agents(uri: str, n: int, kill: tuple[int, int], *, turns: int, threads: int) -> dict[str, Any]:
     """Turn `t` of thread `h` goes to worker ``alive[(t + h) % len(alive)]``; at `kill` =
     (thread, turn) that worker is SIGKILLed inside the model call and the others carry on
@@ -481,7 +453,7 @@ def _run_killed_agents(uri: str, n: int, kill: tuple[int, int], *, turns: int, t
         w = len(procs)
         commands.append(ctx.Queue())
         events.append(ctx.Event())
-        procs.append(ctx.Process(target=_killable_agent_worker, args=(uri, w, commands[w], results, events[w]), daemon=True))
+        procs.append(ctx.Process(target=_agent_worker, args=(uri, w, commands[w], results, events[w]), daemon=True))
         procs[w].start()
         return w
 
