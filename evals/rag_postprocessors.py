@@ -28,9 +28,14 @@ is an upper bound for that row). RAGAS context recall: ragas' `NonLLMContextReca
 (Levenshtein similarity > 0.5, its defaults) with the evidence turns (``Speaker: text``) as
 reference contexts and the final context split into its lines as retrieved contexts, so a
 compressed turn counts only if its text survives (RAGAS telemetry off). LLM-free and
-deterministic. Only ids and figures are printed::
+deterministic. Only ids and figures are printed.
 
-    python -m tiered_context.evals.rag_postprocessors --qmsum ../shared/data/qmsum/val
+The rows are rows of ``tiered-context eval`` (`eval_rows`: ``category="rag_postprocessor"``,
+``strategy="<framework>:<pipeline>"``), tabled next to the retention tables in
+``results.md`` and ``report.md`` (`render_markdown`)::
+
+    tiered-context eval --data-qmsum ../shared/data/qmsum/val --rag-postprocessors
+    python -m tiered_context.evals.rag_postprocessors --qmsum ../shared/data/qmsum/val   # the table alone
 """
 
 from __future__ import annotations
@@ -41,10 +46,15 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["LC_PIPELINES", "PIPELINES", "chunk_meeting", "main", "ragas_context_recall", "run", "run_langchain"]
+__all__ = ["CATEGORY", "FRAMEWORKS", "LC_PIPELINES", "PIPELINES", "chunk_meeting", "eval_rows", "main", "ragas_context_recall",
+           "render_markdown", "run", "run_langchain"]
+
+#: ``category`` of the rows `eval_rows` gives ``tiered-context eval`` (tabled apart from retention).
+CATEGORY = "rag_postprocessor"
+FRAMEWORKS = ("llama-index", "langchain")
 
 
 def chunk_meeting(conv: Any, *, chunk_tokens: int = 150, counter: Any = None) -> list[Any]:
@@ -291,8 +301,71 @@ def _NoLLM() -> Any:
     return MockLLM()
 
 
+def eval_rows(conversations: Sequence[Any], budgets: Sequence[int], *, dataset: str = "qmsum",
+              frameworks: Sequence[str] = FRAMEWORKS, top_k: int = 20, chunk_tokens: int = 150,
+              ragas: bool = True) -> list[dict[str, Any]]:
+    """The table as rows of ``tiered-context eval``: one per (framework, pipeline, budget),
+    ``category=CATEGORY``, ``strategy="<framework>:<pipeline>"``, ``recall`` (evidence
+    recall), ``ragas_recall`` (RAGAS non-LLM context recall, or None), ``mean_tokens``,
+    ``questions``, ``seconds`` (the framework's wall time, split evenly over its rows)."""
+    unknown = [f for f in frameworks if f not in FRAMEWORKS]
+    if unknown:
+        raise ValueError(f"frameworks: unknown {unknown}; choose from {list(FRAMEWORKS)}")
+    os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
+    rows: list[dict[str, Any]] = []
+    common = {"top_k": top_k, "chunk_tokens": chunk_tokens, "ragas": ragas}
+    for framework in frameworks:
+        start = time.perf_counter()
+        got = run(conversations, budgets, **common) if framework == "llama-index" else \
+            run_langchain(conversations, budgets, **common)
+        seconds = (time.perf_counter() - start) / max(1, len(got))
+        for r in got:
+            rows.append({"dataset": dataset, "strategy": f"{r['framework']}:{r['pipeline']}", "budget": r["budget"],
+                         "category": CATEGORY, "framework": r["framework"], "pipeline": r["pipeline"],
+                         "recall": r["recall"], "ragas_recall": r["ragas_recall"], "mean_tokens": r["tokens"],
+                         "questions": r["queries"], "top_k": top_k, "chunk_tokens": chunk_tokens,
+                         "seconds": round(seconds, 3)})
+    order, names = FRAMEWORKS, PIPELINES + LC_PIPELINES
+    return sorted(rows, key=lambda r: (r["dataset"], r["budget"], order.index(r["framework"]), names.index(r["pipeline"])))
+
+
+def render_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The postprocessor table(s) of `rows` (those with ``category=CATEGORY``), one per
+    dataset: pipeline down, evidence recall / RAGAS context recall per budget across."""
+    out: list[str] = []
+    mine = [r for r in rows if r.get("category") == CATEGORY]
+    for dataset in dict.fromkeys(r["dataset"] for r in mine):
+        data = [r for r in mine if r["dataset"] == dataset]
+        budgets = sorted({int(r["budget"]) for r in data})
+        cells = {(r["framework"], r["pipeline"], int(r["budget"])): r for r in data}
+        pipelines = list(dict.fromkeys((r["framework"], r["pipeline"]) for r in data))
+        queries = max(int(r["questions"]) for r in data)
+        ragas = any(r.get("ragas_recall") is not None for r in data)
+        what = "evidence recall / RAGAS context recall (non-LLM)" if ragas else "evidence recall"
+        first = data[0]
+        out += [f"### {dataset}: RAG postprocessors ({queries} queries; top-{first.get('top_k', '?')} chunks of "
+                f"~{first.get('chunk_tokens', '?')} tokens, then budgeted; {what})", "",
+                "| framework | pipeline | " + " | ".join(f"{b} tokens" for b in budgets) + " |",
+                "|---|---|" + "---:|" * len(budgets)]
+        for framework, pipeline in pipelines:
+            line = [framework, pipeline]
+            for b in budgets:
+                r = cells.get((framework, pipeline, b))
+                if r is None:
+                    line.append("")
+                elif ragas:
+                    rr = r.get("ragas_recall")
+                    line.append(f"{r['recall']:.3f} / " + ("-" if rr is None else f"{rr:.3f}"))
+                else:
+                    line.append(f"{r['recall']:.3f}")
+            out.append("| " + " | ".join(line) + " |")
+        out += ["", "Evidence recall counts a compressed chunk through its provenance (an upper bound for "
+                "the compressing rows); RAGAS context recall only counts text that survived.", ""]
+    return "\n".join(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from evals.datasets import load_qmsum
+    from tiered_context.evals.datasets import load_qmsum
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--qmsum", required=True, help="a QMSum split directory (val)")
@@ -301,28 +374,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chunk-tokens", type=int, default=150)
     parser.add_argument("--meetings", type=int, default=12,
                         help="at most this many meetings (default 12, a few minutes on 2 cores; 0 = all)")
-    parser.add_argument("--frameworks", default="llama-index,langchain", help="llama-index, langchain or both")
+    parser.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="llama-index, langchain or both")
     parser.add_argument("--no-ragas", action="store_true", help="skip RAGAS context recall (faster)")
     args = parser.parse_args(argv)
-    os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
     convs = load_qmsum(args.qmsum)
     convs = convs[: args.meetings] if args.meetings else convs
     budgets = [int(b) for b in args.budgets.split(",")]
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     start = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    common = {"top_k": args.top_k, "chunk_tokens": args.chunk_tokens, "ragas": not args.no_ragas}
-    if "llama-index" in frameworks:
-        rows += run(convs, budgets, **common)
-    if "langchain" in frameworks:
-        rows += run_langchain(convs, budgets, **common)
+    rows = eval_rows(convs, budgets, frameworks=frameworks, top_k=args.top_k, chunk_tokens=args.chunk_tokens,
+                     ragas=not args.no_ragas)
     print(f"{len(convs)} meetings, {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    order = ("llama-index", "langchain")
-    names = PIPELINES + LC_PIPELINES
-    print("| framework | pipeline | budget | evidence recall | RAGAS context recall | tokens |\n|---|---|---:|---:|---:|---:|")
-    for r in sorted(rows, key=lambda r: (r["budget"], order.index(r["framework"]), names.index(r["pipeline"]))):
-        ragas = "-" if r["ragas_recall"] is None else f"{r['ragas_recall']:.3f}"
-        print(f"| {r['framework']} | {r['pipeline']} | {r['budget']} | {r['recall']:.3f} | {ragas} | {r['tokens']:.0f} |")
+    print(render_markdown(rows))
     print(json.dumps(rows), file=sys.stderr)
     return 0
 

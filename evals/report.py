@@ -41,6 +41,7 @@ __all__ = ["ci_overlap", "main", "plot_categories", "plot_latency", "plot_retent
 Row = Mapping[str, Any]
 _SURVIVAL = "answer_survival"
 _RAGAS = "ragas:"
+_RAG = "rag_postprocessor"  # rows of tiered_context.evals.rag_postprocessors: a table of their own
 _MARKERS = "osD^vP*Xh<>p"
 _DASHES = ("-", "--", "-.", ":")
 
@@ -60,7 +61,7 @@ def _pyplot() -> Any:
 
 def _recall_rows(rows: Iterable[Row]) -> list[Row]:
     """Rows that are evidence recall at a budget (no answer-survival, no RAGAS rows)."""
-    return [r for r in rows if r.get("budget", 0) > 0 and r.get("category") != _SURVIVAL
+    return [r for r in rows if r.get("budget", 0) > 0 and r.get("category") not in (_SURVIVAL, _RAG)
             and not str(r.get("category", "")).startswith(_RAGAS) and "recall" in r]
 
 
@@ -344,6 +345,11 @@ def write_report(rows: Sequence[Row], out_dir: str | Path, *, budget: int | None
                   f"![milliseconds per assembly at budget {budget}](latency.png)", ""]
         lines += _latency_table(rows, budget) + [""]
     lines += ["## Tables", "", render_markdown(_complete(rows)) or "(no recall rows)", ""]
+    if any(r.get("category") == _RAG for r in rows):
+        from tiered_context.evals.rag_postprocessors import render_markdown as rag_table
+
+        lines += ["## RAG postprocessors", "", "Chunks of QMSum meetings retrieved top-k, then budgeted by each "
+                  "pipeline inside the framework's own query engine / retrieval chain.", "", rag_table(rows), ""]
     ragas = _ragas_table(rows)
     if ragas:
         lines += ["## RAGAS", "", "Scores of the assembled contexts against the reference contexts "

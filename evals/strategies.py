@@ -278,6 +278,8 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "tiered:fixed-fusion": _ablation("tiered:fixed-fusion", scoring={"adaptive_fusion": False}),
     # relevant items from the span a relative date in the query names ("two weeks ago") count double
     "tiered:no-time": _ablation("tiered:no-time", scoring={"time_match_boost": 0.0}),
+    # a speaker the query names ("What did Melanie paint?") gets no extra weight
+    "tiered:no-speaker": _ablation("tiered:no-speaker", scoring={"speaker_boost": 0.0}),
     "tiered:no-neighbours": _ablation("tiered:no-neighbours", scoring={"neighbour_decay": 0.0}),
     # the preset for meeting transcripts: a strong hit's neighbours inherit more, farther
     "tiered:transcript": _ablation("tiered:transcript", transcripts=True),

@@ -5,6 +5,8 @@
     tiered-context eval --data-longmemeval longmemeval_s_cleaned.json --budgets 1000,2000
     tiered-context eval ... --phoenix                 # trace every assembly in local Phoenix
     tiered-context eval ... --judge my_models:chat    # + LLM-judged RAGAS metrics
+    tiered-context eval --data-qmsum qmsum/val --budgets 500,1000,2000 --rag-postprocessors
+                                                      # + the RAG postprocessor table
     tiered-context mcp ...                            # the MCP server (tiered_context.mcp)
 
 `bench` times ingest and assembly (see `tiered_context.evals.bench_speed`).
@@ -13,6 +15,9 @@ for tiered-context, its ablations and the frameworks' own memories
 (`tiered_context.evals.baselines`), adds the LLM-free RAGAS metrics of a sample of the
 assemblies (unless ``--no-ragas``), writes ``results.json`` and ``results.md`` into
 ``--out`` and prints the tables; ``--report DIR`` also draws the plots and report.md.
+``--rag-postprocessors`` adds the RAG postprocessor table (node postprocessors and
+document compressors inside the frameworks' own query engine / retrieval chain, on the
+QMSum meetings; `tiered_context.evals.rag_postprocessors`) to the same files.
 """
 
 from __future__ import annotations
@@ -71,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--strategies", type=_csv(str, "--strategies"),
                     default=["recency", "bm25", "tiered"],
                     help="comma-separated strategies, or 'all' (every LLM-free strategy whose "
-                         "dependencies are installed; default: recency,bm25,tiered)")
+                         "dependencies are installed; default: recency,bm25,tiered), or 'none' (no "
+                         "retention rows: e.g. only the --rag-postprocessors table)")
     ev.add_argument("--llmlingua-model", metavar="PATH",
                     help="local LLMLingua(-2) model: enables the 'llmlingua' strategy")
     ev.add_argument("--summarizer", metavar="MODULE:ATTR",
@@ -85,6 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--judge", metavar="MODULE:ATTR",
                     help="a LangChain chat model or LlamaIndex LLM to import, for the "
                          "LLM-judged RAGAS metrics")
+    ev.add_argument("--rag-postprocessors", nargs="?", const="llama-index,langchain", default=None,
+                    type=_csv(str, "--rag-postprocessors"), metavar="FRAMEWORKS",
+                    help="also table the RAG postprocessors on the --data-qmsum meetings (chunked, top-20 "
+                         "retrieved, then budgeted to each --budgets value) inside LlamaIndex's "
+                         "RetrieverQueryEngine and a LangChain retrieval chain: ours against none and the "
+                         "frameworks' own (evals/rag_postprocessors.py); FRAMEWORKS: llama-index, "
+                         "langchain or both (default)")
     ev.add_argument("--no-ragas", action="store_true", help="skip the RAGAS metrics (skipped anyway, with a note, when ragas is not installed)")
     ev.add_argument("--out", type=Path, default=Path("out/eval"), help="output directory")
     ev.add_argument("--limit-conversations", type=int, metavar="N",
@@ -181,6 +194,8 @@ def _factories(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dic
     if args.summarizer:
         strategies.update(summary_factories(_import_object(args.summarizer, "--summarizer", parser)))
     wanted = list(args.strategies)
+    if wanted == ["none"]:
+        return {}
     if "all" in wanted:
         wanted.remove("all")
         extra = [n for n in llm_free() if n not in wanted]
@@ -252,6 +267,9 @@ def _eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     factories = _factories(args, parser)
+    rag = _rag_frameworks(args, parser)
+    if not factories and rag is None:
+        parser.error("--strategies none leaves nothing to run: add --rag-postprocessors or choose strategies")
     report = _optional("tiered_context.evals.report", "evals", "--report", parser) if args.report else None
 
     data = {
@@ -276,18 +294,66 @@ def _eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     with contextlib.ExitStack() as stack:
         collector, observer = _observers(args, parser, stack)
         rows = run_eval(data, factories, args.budgets, progress=not args.no_progress,
-                        on_assembly=fan_out(collector, observer), jobs=args.jobs)
+                        on_assembly=fan_out(collector, observer), jobs=args.jobs) if factories else []
         if collector is not None:
             rows += collector.rows(jobs=args.jobs)
         if observer is not None:
             observer.log_results(rows)
             print(f"Phoenix: {getattr(observer, 'url', args.phoenix)}")
-    json_path, md_path = write_reports(rows, args.out)
+    rag_rows = _rag_rows(args, rag, data.get("qmsum", []),
+                         ragas=not args.no_ragas and importlib.util.find_spec("ragas") is not None)
+    json_path, md_path = _write(rows, rag_rows, args.out, write_reports)
+    rows = rows + rag_rows
     print(md_path.read_text(encoding="utf-8"))
     print(f"wrote {json_path}\nwrote {md_path}")
     if report is not None:
         print(f"wrote {report.write_report(rows, args.report)}")
     return 0
+
+
+def _rag_frameworks(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str] | None:
+    """The frameworks of ``--rag-postprocessors`` (None when not asked), checked now."""
+    if args.rag_postprocessors is None:
+        return None
+    if args.data_qmsum is None:
+        parser.error("--rag-postprocessors runs on QMSum meetings: give --data-qmsum DIR")
+    known = ("llama-index", "langchain")
+    unknown = [f for f in args.rag_postprocessors if f not in known]
+    if unknown:
+        parser.error(f"--rag-postprocessors: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    for framework in args.rag_postprocessors:
+        module = "llama_index.core" if framework == "llama-index" else "langchain_classic"
+        _optional(module, "evals", f"--rag-postprocessors {framework}", parser)
+    return list(dict.fromkeys(args.rag_postprocessors))
+
+
+def _rag_rows(args: argparse.Namespace, frameworks: list[str] | None, meetings: Sequence[Any], *,
+              ragas: bool) -> list[dict[str, Any]]:
+    """The RAG postprocessor rows (`tiered_context.evals.rag_postprocessors`), or []."""
+    if not frameworks:
+        return []
+    from tiered_context.evals.rag_postprocessors import eval_rows
+
+    print(f"RAG postprocessors: {len(meetings)} QMSum meetings, budgets {', '.join(map(str, args.budgets))}, "
+          f"{' + '.join(frameworks)}", file=sys.stderr)
+    return eval_rows(meetings, args.budgets, frameworks=frameworks, ragas=ragas)
+
+
+def _write(rows: list[dict[str, Any]], rag_rows: list[dict[str, Any]], out: Path,
+           write_reports: Callable[..., tuple[Path, Path]]) -> tuple[Path, Path]:
+    """``results.json`` (every row) and ``results.md`` (the retention tables, then the RAG
+    postprocessor table)."""
+    json_path, md_path = write_reports(rows, out)
+    if rag_rows:
+        import json
+
+        from tiered_context.evals.rag_postprocessors import render_markdown
+
+        json_path.write_text(json.dumps(rows + rag_rows, indent=2) + "\n", encoding="utf-8")
+        text = md_path.read_text(encoding="utf-8")
+        md_path.write_text((text.rstrip("\n") + "\n\n" if text.strip() else "") + render_markdown(rag_rows),
+                           encoding="utf-8")
+    return json_path, md_path
 
 
 def _mcp(argv: Sequence[str]) -> int:

@@ -443,3 +443,46 @@ def test_runnable_with_message_history_without_a_history_key_stores_each_message
         assert _prompt_tokens(model.calls[-1][:-1]) <= 150 + 3
     texts = [m.text for m in histories["s"].all_messages]
     assert len(texts) == 50 and len(set(texts[::2])) == 25  # every question once, no duplicated history
+
+
+@st.composite
+def userless(draw):
+    """Histories with no user message at all: an agent loop started by a tool call."""
+    msgs: list = []
+    for k in range(draw(st.integers(1, 5))):
+        ids = [f"u{k}_{j}" for j in range(draw(st.integers(1, 2)))]
+        msgs.append(AIMessage(content="", tool_calls=[{"name": "fetch", "args": {"name": i}, "id": i} for i in ids], id=f"a{k}"))
+        for i in ids:
+            msgs.append(ToolMessage(content=draw(st.sampled_from(["ok", "data " * 300, BIG])), tool_call_id=i, id=f"r{i}"))
+        if draw(st.booleans()):
+            msgs.append(AIMessage(f"step {k} done: " + "word " * draw(st.integers(1, 40)), id=f"s{k}"))
+    system = draw(st.sampled_from([None, "You are brief."]))
+    return msgs, system
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(userless(), st.sampled_from([300, 1500]), st.booleans(), st.sampled_from(["message", "system"]))
+def test_a_history_without_a_user_message_leads_with_a_labelled_context_message(conv, budget, alternate, where):
+    """The contract cannot make the first turn the user's without inventing one: a labelled
+    context message (OPENER_NOTE, user role) says there is no user message and leads."""
+    from tiered_context.core import OPENER_NOTE
+
+    messages, system = conv
+    mw = _mw(budget, alternate, where)
+    request = ModelRequest(model=RecordingChatModel(responses=["ok"]), messages=messages,
+                           system_message=SystemMessage(system) if system else None, tools=[fetch])
+    prepared, _ = mw._prepare(request, None, uuid.uuid4().hex)
+    sent = ([prepared.system_message] if prepared.system_message is not None else []) + list(prepared.messages)
+    assert _prompt_tokens(sent, [fetch]) <= budget
+    assert tool_sequence_errors(sent) == []
+    body = [m for m in prepared.messages if not isinstance(m, SystemMessage)]
+    assert isinstance(body[0], HumanMessage) and (OPENER_NOTE in body[0].text or "<recalled_context>" in body[0].text)
+    assert not any(isinstance(m, HumanMessage) and m.text == OPENER_NOTE for m in body[1:])
+    if alternate:
+        assert _roles_alternate(prepared.messages)
+    h = TieredChatMessageHistory(uuid.uuid4().hex, max_tokens=budget, embedder=HashEmbedder(), compaction="inline",
+                                 alternate_roles=alternate, context_placement=where)
+    h.add_messages(messages)
+    view = [m for m in h.messages if not isinstance(m, SystemMessage)]
+    assert not view or isinstance(view[0], HumanMessage)
+    assert tool_sequence_errors(h.messages) == []

@@ -19,7 +19,7 @@ from tiered_context import LocalColdStore  # noqa: E402
 from tiered_context.core import Turn  # noqa: E402
 from tiered_context.core._conversation import check  # noqa: E402
 from tiered_context.llama_index._convert import tool_call_ids, tool_result_id  # noqa: E402
-from tiered_context.llama_index._recall import RECALL_HEADER  # noqa: E402
+from tiered_context.core import OPENER_NOTE, RECALL_NOTE, RECALL_TAG  # noqa: E402
 from tiered_context.llama_index._select import turn_role  # noqa: E402
 from tiered_context.llama_index import TieredMemory  # noqa: E402
 from tiered_context.testing import HashEmbedder  # noqa: E402
@@ -95,9 +95,12 @@ def test_get_keeps_the_contract_and_the_budget(history, limit, alternate, in_pla
     turns = turns_of(memory, out)
     problems = check(turns, alternate=alternate)
     user = live_user(history)
-    if user is None:  # no user message was ever put (an agent started by a tool loop): none to lead with
-        problems = [p for p in problems if not p.startswith("first non-system turn")]
     assert problems == [], problems
+    body = [m for m in out if m.role not in (MessageRole.SYSTEM, MessageRole.DEVELOPER)]
+    if user is None and body:  # no user message was ever put (an agent started by a tool loop):
+        # a labelled context message says so and leads; no request is invented
+        assert body[0].role == MessageRole.USER and body[0].content == OPENER_NOTE
+        assert sum(m.content == OPENER_NOTE for m in out) == 1
     total = memory.count_tokens(out)
     # what the contract may never drop: system messages and the live exchange (its tool
     # results cut to a marker)
@@ -116,7 +119,7 @@ def test_get_keeps_the_contract_and_the_budget(history, limit, alternate, in_pla
     # recalled history only ever as the labelled block, in a system message
     for m in out:
         if m.role != MessageRole.SYSTEM:
-            assert RECALL_HEADER not in (m.content or "")
+            assert f"<{RECALL_TAG}>" not in (m.content or "")
 
 
 def test_the_request_survives_a_huge_tool_result_in_the_loop():
@@ -152,11 +155,14 @@ def test_recalled_history_is_one_labelled_dated_block_not_rewritten_turns():
     out = view.messages
     originals = {m.content for m in memory.get_all()}
     block = out[0].content
-    assert out[0].role == MessageRole.SYSTEM and RECALL_HEADER in block and "3 May" in block
-    lines = block.split(RECALL_HEADER, 1)[1].strip().splitlines()
+    assert out[0].role == MessageRole.SYSTEM and f"<{RECALL_TAG}>" in block and "3 May" in block
+    inner = block.split(f"<{RECALL_TAG}>", 1)[1].split(f"</{RECALL_TAG}>", 1)[0].strip().splitlines()
+    assert inner[0].startswith(RECALL_NOTE)  # one short label (the core's format, as LangChain's block)
+    lines = inner[1:]
     assert lines[0].startswith("[") and lines[0].endswith("]")  # a day header dates the lines
-    assert all(line.lstrip("*").startswith(("[", "user:", "assistant:", "system:", "tool:", "(summary")) for line in lines)
-    assert any(line.startswith("*") for line in lines), "the working set was compacted: compressed lines marked"
+    assert all(line.startswith(("[", "user", "assistant", "system", "tool", "summary:")) for line in lines)
+    assert any(line.split(":", 1)[0].endswith("*") for line in lines), "the working set was compacted: compressed lines marked"
+    assert "Name* = compressed" in inner[0]  # ... and the label explains the mark only then
     for m in out[1:]:  # every real turn is verbatim
         assert m.content in originals
     assert view.recalled and 1 in view.recalled
@@ -170,7 +176,7 @@ def test_in_place_rewriting_is_an_option():
         memory.put(ChatMessage(role="assistant", content=f"Answer {i}: noted, we will decide about the venue later on."))
     memory.put(ChatMessage(role="user", content="When is the Lisbon launch?"))
     out = memory.get()
-    assert not any(RECALL_HEADER in (m.content or "") for m in out)
+    assert not any(f"<{RECALL_TAG}>" in (m.content or "") for m in out)
     assert any("Lisbon" in (m.content or "") and m.role == MessageRole.USER for m in out[:-1])
 
 
@@ -217,7 +223,7 @@ def test_memory_block_renders_a_labelled_dated_attributed_block():
     out = asyncio.run(run())
     system = out[0]
     assert system.role == MessageRole.SYSTEM and "<TieredMemory>" in system.content
-    assert RECALL_HEADER in system.content and "Caroline: We moved the Lisbon launch" in system.content
+    assert f"<{RECALL_TAG}>" in system.content and "Caroline: We moved the Lisbon launch" in system.content
 
 
 def test_memory_block_sessions_with_hostile_ids_stay_apart():

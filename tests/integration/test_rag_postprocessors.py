@@ -59,6 +59,22 @@ def test_the_packer_still_fills_the_room_by_value_per_token():
     assert sum(cost(n.node) for n in out) <= 60
 
 
+def test_the_packer_reads_scores_as_an_order_not_as_values():
+    """Raw similarities share an offset (a weak cosine hit scores 0.40 under a 0.47): the
+    packer's choice must not move when the scores are shifted or scaled, so a weak short
+    chunk is never worth nearly as much as a strong one just because of that offset."""
+    texts = [f"chunk {i} " + "word " * (4 + (7 * i) % 23) for i in range(12)]
+    base = [0.47 - 0.006 * i for i in range(12)]
+
+    def chosen(scores):
+        nodes = [NodeWithScore(node=TextNode(text=t, id_=f"n{i}"), score=s) for i, (t, s) in enumerate(zip(texts, scores))]
+        return [n.node.node_id for n in TokenBudgetPostprocessor(token_limit=70, dedupe_threshold=None).postprocess_nodes(nodes)]
+
+    got = chosen(base)
+    assert got[0] == "n0"
+    assert chosen([s - 0.40 for s in base]) == got == chosen([10 * s for s in base])
+
+
 def test_compression_is_query_aware():
     """The issue's repro: "...The office manager is Ines Carvalho..." for "who manages it"."""
     node = NodeWithScore(node=TextNode(text=OFFICE), score=1.0)
@@ -165,3 +181,37 @@ def test_langchain_rows_in_a_real_retrieval_chain():
     assert ragas_context_recall(["Speaker A: hello there.\n" + ref], [ref]) == 1.0
     assert ragas_context_recall(["Speaker A: the printer queue jams every Monday."], [ref]) == 0.0
     assert ragas_context_recall([], [ref]) == 0.0
+
+
+def test_the_postprocessor_table_is_rows_of_tiered_context_eval(tmp_path, capsys):
+    """``tiered-context eval --data-qmsum DIR --rag-postprocessors``: the table is written
+    next to the retention tables (results.md) and its rows into results.json."""
+    import json
+
+    pytest.importorskip("langchain_classic")
+    from tiered_context.cli import main
+    from tiered_context.evals.rag_postprocessors import CATEGORY, LC_PIPELINES, PIPELINES
+
+    filler = ["the coffee machine on floor two is broken again", "parking spaces move to the east lot in June",
+              "the plants in the lobby need water twice a week", "the printer queue jams every Monday morning"]
+    transcript = [{"speaker": f"Speaker {'AB'[i % 2]}", "content": f"{filler[i % 4]}, item {i}."} for i in range(40)]
+    transcript[23] = {"speaker": "Speaker B", "content": OFFICE}
+    meeting = {"meeting_transcripts": transcript,
+               "specific_query_list": [{"query": "Who manages the Lisbon office?", "answer": "Ines Carvalho",
+                                        "relevant_text_span": [["23", "23"]]}]}
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "m1.json").write_text(json.dumps(meeting), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["eval", "--data-qmsum", str(tmp_path / "data"), "--budgets", "60,400", "--strategies", "bm25",
+                 "--rag-postprocessors", "--no-ragas", "--no-progress", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    rag = [r for r in rows if r["category"] == CATEGORY]
+    assert {(r["strategy"], r["budget"]) for r in rag} == {
+        (f"{f}:{p}", b) for f, names in (("llama-index", PIPELINES), ("langchain", LC_PIPELINES))
+        for p in names for b in (60, 400)}
+    assert any(r["strategy"] == "bm25" for r in rows)  # the retention rows are still there
+    md = (out / "results.md").read_text(encoding="utf-8")
+    assert "### qmsum (" in md and "### qmsum: RAG postprocessors" in md and "| llama-index | tiered-packer |" in md
+    with pytest.raises(SystemExit):  # it needs the QMSum meetings
+        main(["eval", "--data-locomo", str(tmp_path / "data" / "m1.json"), "--rag-postprocessors"])
+    assert "--data-qmsum" in capsys.readouterr().err

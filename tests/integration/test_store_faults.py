@@ -246,15 +246,15 @@ def test_qdrant_on_a_real_full_tmpfs_raises_instead_of_sigbus(tmp_path: Path) ->
 
 
 def _bench(puts: int = 1000, threads: int = 8) -> None:  # pragma: no cover - a measurement, not a test
-    """Durable puts against the same puts in memory, 1 and `threads` threads (one session
-    each, sharing one store): ``python tests/integration/test_store_faults.py [puts]``."""
+    """Durable puts against the same puts in memory, 1 and `threads` threads: one session
+    per thread sharing one store, then every thread on one `TieredContext` (``path=`` against
+    no path): ``python tests/integration/test_store_faults.py [puts]``."""
     import tempfile
     import threading
     import time
 
-    def rate(store: LocalColdStore, n_threads: int) -> float:
-        ctxs = [TieredContext(session_id=f"s{k}", store=store, embedder=HashEmbedder(), compaction="inline")
-                for k in range(n_threads)]
+    def rate(ctxs: list[TieredContext]) -> float:
+        n_threads = len(ctxs)
         start = threading.Barrier(n_threads + 1)
 
         def writer(k: int) -> None:
@@ -271,15 +271,32 @@ def _bench(puts: int = 1000, threads: int = 8) -> None:  # pragma: no cover - a 
             w.join()
         return n_threads * puts / (time.perf_counter() - t0)
 
-    rate(LocalColdStore(), 1)  # warm up
+    def sessions(store: LocalColdStore, n_threads: int) -> float:
+        return rate([TieredContext(session_id=f"s{k}", store=store, embedder=HashEmbedder(), compaction="inline")
+                     for k in range(n_threads)])
+
+    def one_memory(path: str | None, n_threads: int) -> float:
+        ctx = TieredContext(session_id="s", path=path, embedder=HashEmbedder(), compaction="inline")
+        try:
+            return rate([ctx] * n_threads)
+        finally:
+            ctx.close()
+
+    sessions(LocalColdStore(), 1)  # warm up
     for n_threads in (1, threads):
-        memory_rate = rate(LocalColdStore(), n_threads)
+        memory_rate = sessions(LocalColdStore(), n_threads)
         with tempfile.TemporaryDirectory() as d:
             store = LocalColdStore(d)
-            journal_rate = rate(store, n_threads)
+            journal_rate = sessions(store, n_threads)
             store.close()
-        print(f"{n_threads} thread(s): in memory {memory_rate:7.0f} puts/s, journaled {journal_rate:7.0f} puts/s, "
-              f"ratio {journal_rate / memory_rate:.2f}")
+        print(f"{n_threads} thread(s), a session each: in memory {memory_rate:7.0f} puts/s, journaled "
+              f"{journal_rate:7.0f} puts/s, ratio {journal_rate / memory_rate:.2f}")
+    for n_threads in (1, threads):
+        memory_rate = one_memory(None, n_threads)
+        with tempfile.TemporaryDirectory() as d:
+            journal_rate = one_memory(d, n_threads)
+        print(f"{n_threads} thread(s), one TieredContext: in memory {memory_rate:7.0f} puts/s, path= "
+              f"{journal_rate:7.0f} puts/s, ratio {journal_rate / memory_rate:.2f}")
 
 
 if __name__ == "__main__":

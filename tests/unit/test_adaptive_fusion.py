@@ -119,3 +119,31 @@ def test_a_relative_date_prefers_items_from_then() -> None:
     assert outputs[1.0]["then"]["value"] > outputs[0.0]["then"]["value"]
     assert outputs[1.0]["then"]["value"] > outputs[1.0]["old"]["value"]
     assert unasked["then"]["value"] < outputs[1.0]["then"]["value"]
+
+
+def test_speakers_named_by_a_word_no_other_speaker_shares() -> None:
+    from tiered_context.core._scoring import speakers_named
+
+    people = ["Professor C", "Grad A", "Grad B", "Melanie"]
+    assert speakers_named("What did C think about the budget?", people) == {"Professor C"}
+    assert speakers_named("what did the professor say", people) == {"Professor C"}
+    assert speakers_named("Where has melanie camped?", people) == {"Melanie"}
+    assert speakers_named("a grad asked a question", people) == set()  # a shared word; the article "a"
+    assert speakers_named("What did Ana say?", ["Ana\x00Lee", "Bo"]) == {"Ana\x00Lee"}  # any characters
+
+
+def test_a_speaker_the_query_names_gains_on_her_relevant_turns() -> None:
+    from tiered_context import TieredContext
+
+    def value_of_her_turn(boost: float) -> float:
+        ctx = TieredContext(session_id="s", scoring=ScoringConfig(speaker_boost=boost), compaction="inline")
+        ctx.put("Melanie, did you enjoy painting the sunset?", metadata={"speaker": "Caroline"})
+        hers = ctx.put("I painted a lake at dawn with the kids.", metadata={"speaker": "Melanie"})
+        for k in range(20):
+            ctx.put(f"Unrelated chat number {k} about the weather.", metadata={"speaker": "Caroline"})
+        out = ctx.assemble("What did Melanie paint?", budget=400)
+        return out.report.scores[hers.id]["value"]
+
+    assert value_of_her_turn(0.5) > 1.1 * value_of_her_turn(0.0)
+    with pytest.raises(ConfigError, match="speaker_boost"):
+        ScoringConfig(speaker_boost=-1.0)

@@ -144,3 +144,98 @@ def test_contract_holds_on_random_histories(turns, budget, alternate, with_lead)
     flat = [p for t in out for p in (t.payload if isinstance(t.payload, tuple) and t.payload[:1] != ("cut",) else (t.payload,))]
     assert "request" in flat
     assert (not with_lead) or "context" in flat
+
+
+# -- a history with no user turn (a loop started by a tool call) ----------------------------
+def opener(text: str) -> Turn:
+    return Turn("user", 25, payload=("opener", text))
+
+
+def test_a_history_without_a_user_turn_leads_with_a_labelled_opener():
+    from tiered_context.core import OPENER_NOTE
+
+    turns = [Turn("system", 10, payload="sys"), Turn("assistant", 5, tool_call_ids=("c1",), payload="call"),
+             Turn("tool", 40, tool_call_id="c1", payload="res")]
+    out = enforce(turns, budget=200, cut=cut, opener=opener)
+    assert [t.role for t in out] == ["system", "user", "assistant", "tool"]
+    assert out[1].payload == ("opener", OPENER_NOTE) and "No user message" in OPENER_NOTE
+    assert check(out) == []
+    # never when a user turn exists (in the history or the lead), nor without the callback
+    assert all(t.payload[0] != "opener" for t in enforce([Turn("user", 5, payload="u"), *turns[1:]], budget=200,
+                                                                opener=opener) if isinstance(t.payload, tuple))
+    assert enforce(turns, budget=200, lead=[Turn("user", 5, payload="ctx")], opener=opener)[1].payload == "ctx"
+    assert [t.role for t in enforce(turns, budget=200)] == ["system", "assistant", "tool"]
+    # the opener counts against the budget: the loop's results are cut to make room
+    tight = enforce(turns, budget=60, cut=cut, opener=opener)
+    assert tokens(tight) <= 60 and tight[1].payload[0] == "opener"
+    with pytest.raises(ValueError, match="user turn"):
+        enforce(turns, budget=200, opener=lambda text: Turn("assistant", 1))
+
+
+@st.composite
+def userless(draw):
+    turns: list[Turn] = [Turn("system", draw(st.integers(1, 40)), payload="sys")] if draw(st.booleans()) else []
+    for k in range(draw(st.integers(1, 6))):
+        ids = tuple(f"c{k}_{j}" for j in range(draw(st.integers(1, 2))))
+        turns.append(Turn("assistant", draw(st.integers(1, 30)), tool_call_ids=ids, payload=f"call{k}"))
+        turns += [Turn("tool", draw(st.sampled_from([3, 100, 3000])), tool_call_id=c, payload=f"res{c}") for c in ids]
+        if draw(st.booleans()):
+            turns.append(Turn("assistant", draw(st.integers(1, 50)), payload=f"say{k}"))
+    return turns
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(userless(), st.integers(120, 3000), st.booleans())
+def test_userless_histories_keep_the_contract_with_an_opener(turns, budget, alternate):
+    out = enforce(turns, budget=budget, cut=cut, alternate=alternate, opener=opener)
+    assert check(out, alternate=alternate) == []
+    body = [t for t in out if t.role != "system"]
+    assert body and body[0].payload[0] == "opener"
+
+
+# -- the one recalled-block format (both adapters) -------------------------------------------
+def _item(text, *, ts=1_683_554_400.0, **meta):
+    from tiered_context.core import ContextItem
+
+    return ContextItem(id=f"i{abs(hash((text, ts)))}", text=text, role="user", timestamp=ts, metadata=meta)
+
+
+def test_recalled_block_is_dated_attributed_and_its_label_short():
+    from tiered_context.core import RECALL_NOTE, RECALL_TAG, recalled_block
+
+    plain = recalled_block([_item("We moved the launch to 3 May.", speaker="Caroline")])
+    assert plain.splitlines() == [f"<{RECALL_TAG}>", RECALL_NOTE, "[8 May 2023]",
+                                  "Caroline: We moved the launch to 3 May.", f"</{RECALL_TAG}>"]
+    original = _item("We moved the launch to 3 May.", speaker="Caroline")
+    short = original.evolve(id="x~L2", text="moved launch 3 May", source_ids=(original.id,))
+    summary = original.evolve(id="s", text="they planned the launch", role="summary", source_ids=("a", "b"))
+    lines = recalled_block([original, short, summary]).splitlines()
+    assert "Name* = compressed" in lines[1]  # the mark is explained only when a line has it
+    assert lines[3:6] == ["Caroline: We moved the launch to 3 May.", "Caroline*: moved launch 3 May",
+                          "summary: they planned the launch"]
+    assert recalled_block([]) == ""
+
+
+def test_recalled_block_dates_position_timestamps_by_created_at():
+    from tiered_context.core import recalled_block
+
+    block = recalled_block([_item("hello", ts=3.0, created_at=1_683_554_400.0)])
+    assert "[8 May 2023]" in block and "user: hello" in block
+    assert "[" not in recalled_block([_item("hello", ts=3.0)]).split("\n", 2)[2]  # no date to show: none invented
+
+
+@pytest.mark.parametrize(("text", "meta", "line"), [
+    ("[2023-05-08] Caroline: I went.", {}, "Caroline: I went."),  # the header dates it, the name is the speaker
+    ("[2023-05-08] Caroline: I went.", {"speaker": "Caroline"}, "Caroline: I went."),
+    ("[8 May 2023] Caroline: I went.", {}, "Caroline: I went."),
+    ("[2023-05-08] Bob: I went.", {"speaker": "Caroline"}, "Caroline: Bob: I went."),  # a quote: kept
+    ("[2023-05-09] Caroline: I went.", {}, "user: [2023-05-09] Caroline: I went."),  # another day: kept
+    ("[10:42] Caroline: I went.", {}, "user: [10:42] Caroline: I went."),  # a time of day: kept
+    ("Update: the venue changed.", {}, "user: Update: the venue changed."),  # a bare "Word:" is no speaker
+    ("Caroline: I went.", {"speaker": "Caroline"}, "Caroline: I went."),
+    ("[2023-05-08] Caroline:", {}, "user: [2023-05-08] Caroline:"),  # nothing but the prefix: whole
+])
+def test_a_prefix_that_repeats_the_header_or_speaker_is_not_paid_twice(text, meta, line):
+    from tiered_context.core._render import line as render_line
+
+    assert render_line(_item(text, **meta)) == line

@@ -240,6 +240,7 @@ EXPECTED_ALL: dict[str, list[str]] = {
         "MiniLMEmbedder",
         "ModelSize",
         "Namespace",
+        "OPENER_NOTE",
         "PreferenceModel",
         "RECALL_NOTE",
         "RECALL_TAG",
@@ -508,7 +509,6 @@ ALLOWED_PRIVATE: dict[str, list[str]] = {
     "tests/integration/test_llama_index_contract.py": [
         "tiered_context.core._conversation",
         "tiered_context.llama_index._convert",
-        "tiered_context.llama_index._recall",
         "tiered_context.llama_index._select",
     ],
     "tests/integration/test_llama_index_instrumentation.py": [
@@ -558,6 +558,7 @@ ALLOWED_PRIVATE: dict[str, list[str]] = {
     ],
     "tests/unit/test_conversation.py": [
         "tiered_context.core._conversation",
+        "tiered_context.core._render",
     ],
     "tests/unit/test_facts.py": [
         "tiered_context.core._facts",

@@ -274,3 +274,112 @@ def test_context_manager_closes_the_store(tmp_path) -> None:
         assert str(tmp_path) in repr(ctx)
     with TieredContext(path=tmp_path, session_id="s", embedder=HashEmbedder()) as again:
         assert len(again) == 1
+
+
+# -- concurrent puts on one memory (core._writes) ---------------------------------------------
+def test_threads_putting_into_one_durable_memory_keep_every_item_once_in_order(tmp_path) -> None:
+    ctx = TieredContext(session_id="s", path=tmp_path / "m", embedder=HashEmbedder(), compaction="inline")
+    start = threading.Barrier(8)
+    acked: list[list[str]] = [[] for _ in range(8)]
+
+    def writer(k: int) -> None:
+        start.wait()
+        for n in range(40):
+            item = ctx.put(f"writer {k} turn {n}") if n % 4 else ctx.put_many([f"w{k} t{n} a", f"w{k} t{n} b"])[0]
+            acked[k].append(item.id)
+            assert item.id in {i.origin_ids[0] for i in ctx.working_set} or item.id in {i.id for i in ctx.store.items("s")}
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stored = [i for i in ctx.store.items(ctx.namespace.key) if not i.is_derived]
+    assert sorted(i.seq for i in stored) == list(range(len(stored))) == list(range(8 * 50))
+    assert {a for ids in acked for a in ids} <= {i.id for i in stored}
+    seqs = [i.seq for i in ctx.working_set]
+    assert seqs == sorted(seqs)
+    ctx.close()
+    again = TieredContext(session_id="s", path=tmp_path / "m", embedder=HashEmbedder(), compaction="inline")
+    assert len(again) == 8 * 50
+    again.close()
+
+
+def test_a_failed_write_among_writes_in_flight_never_enters_the_working_set() -> None:
+    from tiered_context import LocalColdStore, StoreError
+
+    held, release, ok_written = threading.Event(), threading.Event(), threading.Event()
+
+    class Store(LocalColdStore):
+        def add(self, tenant, items, vectors):
+            texts = {i.text for i in items}
+            if "slow" in texts:
+                held.set()
+                assert release.wait(30)
+            if "bad" in texts:
+                raise StoreError("injected: the disk is full")
+            super().add(tenant, items, vectors)
+            if "ok" in texts:
+                ok_written.set()
+
+    ctx = TieredContext(session_id="s", store=Store(), embedder=HashEmbedder(), compaction="inline")
+    ctx.put("first")
+    slow = threading.Thread(target=ctx.put, args=("slow",))
+    slow.start()
+    assert held.wait(30)  # "slow" has its number and is being written
+    with pytest.raises(StoreError):
+        ctx.put("bad")
+    done: list = []
+    ok = threading.Thread(target=lambda: done.append(ctx.put("ok")))
+    ok.start()
+    assert ok_written.wait(30)  # stored, but not acknowledged before "slow", numbered first, settles
+    assert done == [] and "ok" not in [i.text for i in ctx.working_set]
+    release.set()
+    slow.join()
+    ok.join()
+    assert [i.text for i in ctx.working_set] == ["first", "slow", "ok"]
+    assert [i.seq for i in ctx.working_set] == [0, 1, 3]  # "bad" failed while "slow" was in flight: a gap
+    assert ctx.put("after").seq == 4
+    assert "bad" not in [i.text for i in ctx.store.items("s")]
+    with pytest.raises(StoreError):  # nothing in flight: a failed put costs no number
+        ctx.put("bad")
+    assert ctx.put("last").seq == 5
+
+
+def test_the_same_item_put_by_two_threads_is_written_once() -> None:
+    from tiered_context import LocalColdStore
+
+    held, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    class Store(LocalColdStore):
+        def add(self, tenant, items, vectors):
+            calls.append(len(items))
+            if len(calls) == 1:
+                held.set()
+                assert release.wait(30)
+            super().add(tenant, items, vectors)
+
+    ctx = TieredContext(session_id="s", store=Store(), embedder=HashEmbedder(), compaction="inline")
+    results: list = []
+    first = threading.Thread(target=lambda: results.append(ctx.put("same turn", id="x")))
+    first.start()
+    assert held.wait(30)
+    second = threading.Thread(target=lambda: results.append(ctx.put("same turn", id="x")))
+    second.start()
+    release.set()
+    first.join()
+    second.join()
+    assert calls == [1] and results[0] == results[1] and len(ctx) == 1
+
+
+def test_the_default_embedder_gives_wordllamas_own_vectors_bit_for_bit() -> None:
+    from tiered_context import WordLlamaEmbedder
+    from tiered_context.core import normalize
+
+    texts = ["We moved the launch to 3 May.", "", " ", "héllo 😀 世界", "word " * 700, "Caroline: I went to a LGBTQ group!"]
+    emb = WordLlamaEmbedder()
+    reference = normalize(emb._model.embed(texts, norm=False))  # WordLlama's padded batches
+    assert np.array_equal(emb.embed(texts).view(np.uint32), reference.view(np.uint32))
+    singles = np.concatenate([emb.embed([t]) for t in texts])
+    assert np.array_equal(singles.view(np.uint32), reference.view(np.uint32))

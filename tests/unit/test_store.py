@@ -228,3 +228,18 @@ def test_memory_store_repr_and_close() -> None:
     store.add("t", items, vectors(items))
     assert "memory" in repr(store) and "'t': 1" in repr(store)
     store.close()  # no journal: nothing to do
+
+
+def test_bm25_scores_see_documents_added_after_a_query() -> None:
+    from tiered_context.core import BM25Index, terms
+
+    idx = BM25Index()
+    idx.add("the launch moved to May")
+    before = idx.scores("launch")
+    idx.add("launch party at the launch site")  # the cached posting of "launch" must grow
+    after = idx.scores("launch")
+    fresh = BM25Index()
+    fresh.add("the launch moved to May")
+    fresh.add("launch party at the launch site")
+    assert len(before) == 1 and np.array_equal(after, fresh.scores("launch")) and after[1] > 0
+    assert terms("The launches were moving") == terms("the launches were moving") == ["launche", "mov"]

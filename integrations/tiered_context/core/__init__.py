@@ -13,7 +13,15 @@ from tiered_context.core._assembler import ContextAssembler
 from tiered_context.core._budget import Budget, LadderEvent, LadderLevel, ModelSize
 from tiered_context.core._compress import Compressor, SelfInformationCompressor, compressed_form
 from tiered_context.core._config import MemoryConfig
-from tiered_context.core._conversation import RECALL_NOTE, RECALL_TAG, Turn, current_exchange, enforce, recalled_block
+from tiered_context.core._conversation import (
+    OPENER_NOTE,
+    RECALL_NOTE,
+    RECALL_TAG,
+    Turn,
+    current_exchange,
+    enforce,
+    recalled_block,
+)
 from tiered_context.core._durable import move_aside, read_json, write_json_atomic
 from tiered_context.core._embed import Embedder, MiniLMEmbedder, WordLlamaEmbedder, WrappedEmbedder, normalize
 from tiered_context.core._enums import Compaction, Compression, StoreKind
@@ -67,6 +75,7 @@ __all__ = [
     "ModelSize",
     "Namespace",
     "PreferenceModel",
+    "OPENER_NOTE",
     "RECALL_NOTE",
     "RECALL_TAG",
     "REPLY_PRIMING",

@@ -1,7 +1,9 @@
 """`ContextAssembler`: candidates from every tier -> priority -> packing -> rendering.
 
 This is the one place that decides what the model sees. It is framework-free and
-stateless between calls apart from a cache of per-item line costs.
+stateless between calls apart from a cache of per-item line costs. This module gathers
+and scores the candidates; packing them under the budget and rendering the result are
+the `Packer` mixin's (`core.packing`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -22,19 +24,19 @@ from tiered_context.core._compress import Compressor, form_id
 from tiered_context.core._embed import Embedder, normalize
 from tiered_context.core._items import ContextItem, Tier
 from tiered_context.core._validate import check_reserved, check_text
-from tiered_context.core._render import day_of, header, line, render
-from tiered_context.core._result import AssembledContext, AssemblyReport, Scores
-from tiered_context.core._scoring import Scorer, ScoreParts, time_window
+from tiered_context.core._packing import Packer, _Unit, _Units
+from tiered_context.core._render import line
+from tiered_context.core._result import AssembledContext
+from tiered_context.core._scoring import Scorer, ScoreParts, speakers_named, time_window
 from tiered_context.core._store import ColdStore, SignalStats
 from tiered_context.core._tokens import TokenCounter
-from tiered_context.errors import BudgetError, ConfigError, InputError
+from tiered_context.errors import ConfigError, InputError
 
 __all__ = ["ContextAssembler"]
 
-_TRUNCATION_MARKER = " […truncated; the original is archived]"
-
 # Tunables, named. Chosen at earlier stops on LoCoMo dev / QMSum train by the eval's recall
-# rows (not re-measured in this change); each says what it bounds.
+# rows (not re-measured in this change); each says what it bounds. The packer's
+# (`MAX_ITEM_SHARE`) lives with it in `core.packing`.
 #: L3 search asks for at least this many hits, and one per `TOKENS_PER_CANDIDATE` budget
 #: tokens above it: ~2-3x the turns a budget can hold, so ranking, not the search, decides.
 MIN_CANDIDATES = 64
@@ -46,32 +48,9 @@ TOOL_PAIR_REACH = 8
 #: Compressed forms are made for the candidates that could fill the budget this many times
 #: over (compressed), never for the tail that could not be packed anyway.
 FORM_REACH = 8
-#: One item may take at most this share of the budget; a longer one is offered truncated.
-MAX_ITEM_SHARE = 0.5
 #: Line costs kept per assembler (per item id); the oldest half goes when it is exceeded.
 LINE_COST_CACHE = 200_000
 log = logging.getLogger("tiered_context")
-
-
-@dataclass(slots=True)
-class _Unit:
-    origin: ContextItem  # the stored original
-    forms: list[ContextItem]  # cheapest first; the original is last
-    parts: ScoreParts
-    value: float
-    tier: Tier = Tier.L3  # where it came from: L1/L2 working set, or L3 retrieval
-    costs: list[int] = field(default_factory=list)
-    day: str | None = None
-    bundle: tuple[str, ...] = ()  # origin ids packed together (a tool call and its results)
-    summary: bool = False  # stands for many originals: never counts as covering them
-
-
-class _Units(dict):
-    """The candidates of one assembly by origin id, and the items skipped on the way in."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.skipped: dict[str, str] = {}  # item id -> why it could not be scored or rendered
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +69,7 @@ class _Query:
     stats: SignalStats | None = None
 
 
-class ContextAssembler:
+class ContextAssembler(Packer):
     """Packs the most valuable context into a hard token budget.
 
     Setup and use (normally through `TieredContext.assemble`)::
@@ -262,6 +241,15 @@ class ContextAssembler:
                                   stats=q.stats, user=q.user, query=q.text)
         for i, p in zip(ids, parts):
             units[i].parts, units[i].value = p, p.total
+        # the query names a speaker ("What did Melanie paint?", "What did C think about X?"):
+        # relevant items that speaker said gain (her own turns rarely contain her name)
+        boost = self.scorer.config.speaker_boost
+        named = speakers_named(q.text, {w for i in ids if (w := _who(units[i].origin))}) if boost else set()
+        if named:
+            for i in ids:
+                u = units[i]
+                if u.parts.relevance > 0 and _who(u.origin) in named:
+                    u.value *= 1.0 + boost
         # a relative date in the query ("two weeks ago", "last Saturday"), seen from when the
         # query is asked (only when the caller says so): relevant items from that span gain
         boost = self.scorer.config.time_match_boost
@@ -372,137 +360,17 @@ class ContextAssembler:
             units[summary.id] = _Unit(summary, [summary], p, p.total * SUMMARY_WEIGHT, Tier.L3,
                                       bundle=(summary.id,), summary=True)
 
-    # -- packing ---------------------------------------------------------------------
-    def _pack(self, units: dict[str, _Unit], budget: int, recent: set[str]) -> dict[str, int]:
-        """Origin id -> index of the chosen form. Greedy by value per token^alpha, then
-        upgrade the most valuable compressed picks back to originals while budget lasts."""
-        self._cost_forms(units.values(), budget)
-        alpha = self.scorer.config.length_exponent
-        chosen: dict[str, int] = {}
-        days: set[str] = set()
-        remaining = budget
-
-        blocked: set[str] = set()  # originals a chosen summary stands for
-
-        def take(unit: _Unit, alone: bool = False) -> bool:
-            """Take `unit` with its whole bundle if it all fits (cheapest forms; pinned
-            members whole). A summary and its own originals exclude each other."""
-            nonlocal remaining
-            members = [units[o] for o in ((unit.origin.id,) if alone else unit.bundle) if o not in chosen]
-            if unit.summary:
-                sources = set(unit.origin.source_ids)
-                if sources & blocked or any(o in chosen for o in sources):
-                    return False
-            elif any(m.origin.id in blocked for m in members):
-                return False
-            forms = [len(m.forms) - 1 if m.origin.pinned else 0 for m in members]
-            need, new_days = 0, set()
-            for m, f in zip(members, forms):
-                need += m.costs[f] + 1  # +1: the joining newline
-                if m.day is not None and m.day not in days and m.day not in new_days:
-                    need += self._header_cost[m.day]
-                    new_days.add(m.day)
-            if need > remaining:
-                return False
-            remaining -= need
-            for m, f in zip(members, forms):
-                chosen[m.origin.id] = f
-            days.update(new_days)
-            if unit.summary:
-                blocked.update(unit.origin.source_ids)
-            return True
-
-        pinned = [u for u in units.values() if u.origin.pinned]
-        # a pinned item comes with its tool-call partners when they fit, else alone
-        if not all(take(u) or take(u, alone=True) for u in pinned):
-            need = sum(u.costs[-1] + 1 for u in pinned)
-            raise BudgetError(
-                f"pinned items need about {need} tokens but the budget is {budget}; raise budget= "
-                "(or Budget.max_tokens), or unpin / shorten the pinned items"
-            )
-        for origin in recent:
-            if origin in units and origin not in chosen:
-                take(units[origin])
-        order = sorted(units.values(), key=lambda u: -u.value / max(u.costs[0], 1) ** alpha)
-        for u in order:
-            if u.origin.id not in chosen and u.value > 0:
-                take(u)
-        for u in sorted((units[o] for o in chosen), key=lambda u: -u.value):
-            best = len(u.forms) - 1
-            extra = u.costs[best] - u.costs[chosen[u.origin.id]]
-            if chosen[u.origin.id] != best and extra <= remaining:
-                remaining -= extra
-                chosen[u.origin.id] = best
-        return chosen
-
-    def _cost_forms(self, units, budget: int) -> None:
-        units = list(units)
-        todo = [f for u in units for f in u.forms if f.id not in self._line_cost]
-        for form, n in zip(todo, self.counter.count_many([line(f) for f in todo])):
-            self._line_cost[form.id] = n
-        for u in units:
-            u.day = day_of(u.origin)
-            if u.day is not None and u.day not in self._header_cost:
-                self._header_cost[u.day] = self.counter.count(header(u.day)) + 1
-            if self._line_cost[u.forms[0].id] > int(budget * MAX_ITEM_SHARE) and not u.origin.pinned:
-                cut = self._truncated(u.forms[0], int(budget * MAX_ITEM_SHARE))
-                u.forms.insert(0, cut)
-            u.costs = [self._line_cost[f.id] for f in u.forms]
-
-    def _truncated(self, item: ContextItem, max_tokens: int) -> ContextItem:
-        overhead = self.counter.count(line(item.evolve(text="")))
-        text = self.counter.truncate(item.text, max(1, max_tokens - overhead), marker=_TRUNCATION_MARKER)
-        cut = item.evolve(id=f"{item.origin_ids[0]}~cut{max_tokens}", text=text, tier=Tier.L2, source_ids=item.origin_ids)
-        self._line_cost[cut.id] = self.counter.count(line(cut))
-        return cut
-
-    # -- result ----------------------------------------------------------------------
-    def _result(self, units, chosen, budget, started, events) -> AssembledContext:
-        picked = sorted(chosen, key=lambda o: (units[o].origin.timestamp, units[o].origin.seq))
-        items = [units[o].forms[chosen[o]] for o in picked]
-        text = render(items)
-        tokens = self.counter.count(text)
-        while tokens > budget:  # BPE merges across lines can differ from the sum of parts
-            drop = min((o for o in picked if not units[o].origin.pinned), key=lambda o: units[o].value, default=None)
-            if drop is None:
-                raise BudgetError(f"pinned items alone render to {tokens} tokens > budget {budget}; raise the budget")
-            for o in units[drop].bundle:  # a bundle leaves whole
-                if o in chosen:
-                    picked.remove(o)
-                    del chosen[o]
-            items = [units[o].forms[chosen[o]] for o in picked]
-            text = render(items)
-            tokens = self.counter.count(text)
-        per_tier = {t.value: 0 for t in Tier}
-        original_tokens = 0
-        for o, item in zip(picked, items):
-            tier = item.tier if item.is_derived else (Tier.L1 if units[o].tier == Tier.L1 else Tier.L3)
-            per_tier[tier.value] += self._line_cost[item.id]
-            original_tokens += self._line_cost[units[o].origin.id] if units[o].origin.id in self._line_cost else self._line_cost[item.id]
-        used = sum(self._line_cost[i.id] for i in items)
-        report = AssemblyReport(
-            budget=budget,
-            tokens=tokens,
-            tokens_per_tier=per_tier,
-            candidates=len(units),
-            dropped=len(units) - len(items),
-            compression_ratio=round(original_tokens / used, 4) if used else 1.0,
-            seconds=round(time.perf_counter() - started, 6),
-            scores=Scores(units),
-            provenance={i.id: i.origin_ids for i in items},
-            events=events,
-            fact_checks={i.id: dict(i.metadata.get("fact_check") or {}) for o, i in zip(picked, items) if units[o].summary},
-            skipped=dict(units.skipped),
-        )
-        # coverage: originals present verbatim or as a 1:1 form; a summary covers none of its sources
-        origins = tuple(units[o].origin for o, i in zip(picked, items) if len(i.origin_ids) == 1 and not units[o].summary)
-        return AssembledContext(text=text, tokens=tokens, items=tuple(items), report=report, origins=origins)
-
 
 _ZERO = ScoreParts(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 #: A summary's value relative to a verbatim item with the same scores (it stands for many
 #: items, but only approximately, and never counts as covering them).
 SUMMARY_WEIGHT = 0.5
+
+
+def _who(item: ContextItem) -> str | None:
+    """The speaker an item's metadata names (``speaker``, else ``name``); None for a bare role."""
+    name = item.metadata.get("speaker") or item.metadata.get("name")
+    return name if isinstance(name, str) and name.strip() else None
 
 
 def _call_ids(item: ContextItem) -> set[str]:

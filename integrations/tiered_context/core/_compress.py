@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -97,6 +98,8 @@ def compressed_form(item: ContextItem, text: str, tokens: int, ratio: float) -> 
 _PUNCT_BITS = {",": 1.0, "!": 1.5, "...": 1.5, "…": 1.5, "-": 2.0, "—": 2.0, "–": 2.0, ".": 3.0, "?": 3.5,
                ":": 3.0, ";": 2.5}
 _CONTENT_BASE = 400.0
+#: Compressed forms remembered per compressor (the oldest go first).
+MEMO_ITEMS = 50_000
 COHESION = 0.5
 #: Bits off "-ly" adverbs (they qualify a fact, they rarely are one) and off content words
 #: that open a sentence (framing: "Besides", "Mostly", "Trust me"). Measured on LoCoMo
@@ -158,6 +161,9 @@ class SelfInformationCompressor:
         self._models: dict[str, Surprisal] = {}
         self._costs: dict[str, int] = {}
         self._lock = threading.Lock()
+        # (text, tokens, ratio) -> (form text, form tokens): the ladder (L1 -> L2) and the
+        # assembler (forms of candidates) ask for the same items' forms; each is made once
+        self._memo: OrderedDict[tuple[str, int, float], tuple[str, int]] = OrderedDict()
 
     # -- the Compressor interface ------------------------------------------------------
     def compress(self, items: Sequence[ContextItem], ratio: float, *, query: str | None = None) -> list[ContextItem]:
@@ -174,8 +180,18 @@ class SelfInformationCompressor:
         tokens = item.tokens or self.counter.count(item.text)
         if tokens < self.min_tokens or item.pinned:
             return compressed_form(item, item.text, tokens, ratio)
+        plain = target_tokens is None and not query  # a pure function of (text, tokens, ratio): memoized
+        key = (item.text, tokens, float(ratio))
+        if plain and (done := self._memo.get(key)) is not None:
+            return compressed_form(item, done[0], done[1], ratio)
         text = self.compress_text(item.text, ratio=ratio, target_tokens=target_tokens, tokens=tokens, query=query)
-        return compressed_form(item, text, tokens if text == item.text else self.counter.count(text), ratio)
+        count = tokens if text == item.text else self.counter.count(text)
+        if plain:
+            with self._lock:
+                self._memo[key] = (text, count)
+                while len(self._memo) > MEMO_ITEMS:
+                    self._memo.popitem(last=False)
+        return compressed_form(item, text, count, ratio)
 
     # -- text --------------------------------------------------------------------------
     def compress_text(self, text: str, *, ratio: float = 0.5, target_tokens: int | None = None,

@@ -27,7 +27,14 @@ calls a turn makes or answers, and the framework message as an opaque `payload`)
     ['system', 'user', 'assistant', 'tool']
 
 `lead` turns (e.g. a context message holding recalled history) are placed right after the
-system turns and always kept. `check(turns, ...)` lists contract violations (tests).
+system turns and always kept.
+
+A history with no user turn at all (an agent loop started by a tool call) cannot start with
+the user's turn without inventing one. With ``opener=``, `enforce` asks the adapter for a
+labelled user-role context turn holding `OPENER_NOTE` (it says there is no user message)
+and leads with it, inside the budget; the model is told the truth and no provider refuses
+the conversation. Without it, such a history starts with the assistant turn (`check`
+reports it). `check(turns, ...)` lists contract violations (tests).
 Framework-free: the LangChain and LlamaIndex adapters share it.
 """
 
@@ -41,14 +48,18 @@ if TYPE_CHECKING:
     from tiered_context.core._items import ContextItem
 
 __all__ = ["Turn", "current_exchange", "enforce", "check", "recalled_block", "ROLES", "RECALL_TAG", "RECALL_NOTE",
-           "COMPRESSED_MARK", "SUMMARY_SPEAKER"]
+           "COMPRESSED_MARK", "COMPRESSED_NOTE", "OPENER_NOTE", "SUMMARY_SPEAKER"]
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 RECALL_TAG = "recalled_context"
 #: The marks after a speaker's name: compressed lines and summaries (explained by `RECALL_NOTE`).
 COMPRESSED_MARK = "*"
 SUMMARY_SPEAKER = "summary"  # a summary's line: "summary: ..." (it speaks for several messages)
-RECALL_NOTE = "Earlier conversation, recalled (not new messages). Speaker* = compressed automatically, not verbatim."
+#: The block's label (9 tokens); `COMPRESSED_NOTE` follows it only when a line is compressed.
+RECALL_NOTE = "Earlier conversation, recalled (not new messages)."
+COMPRESSED_NOTE = "Name* = compressed, not verbatim."
+#: The leading user-role context turn of a history with no user message (``enforce(opener=...)``).
+OPENER_NOTE = "<conversation_context>\nNo user message: this conversation was started by the tool calls below.\n</conversation_context>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +178,7 @@ def enforce(
     cut: Cut | None = None,
     merge: Merge | None = None,
     lead: Sequence[Turn] = (),
+    opener: Callable[[str], Turn] | None = None,
 ) -> list[Turn]:
     """The turns to send: the contract (module docstring) applied to `turns` under `budget`.
 
@@ -174,11 +186,18 @@ def enforce(
     (with a marker saying so); without it an oversized live exchange is kept whole.
     `merge(a, b)` joins two consecutive turns of one role (``alternate=True``).
     `lead`: turns placed right after the system turns and always kept.
+    `opener(text)`: a user-role turn carrying `text` (`OPENER_NOTE`), led with when neither
+    `lead` nor `turns` holds a user turn.
     """
     if not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0:
         raise ValueError(f"budget must be a positive int number of tokens, got {budget!r}")
     system = [t for t in turns if t.role == "system"]
     rest = [t for t in turns if t.role != "system"]
+    if opener is not None and rest and not any(t.role == "user" for t in (*lead, *rest)):
+        first = opener(OPENER_NOTE)
+        if first.role != "user":
+            raise ValueError(f"opener must return a user turn, got {first.role!r}")
+        lead = [first, *lead]
     start = current_exchange(rest)
     history_units = _units(rest[:start])
     live_units = _units(rest[start:])
@@ -306,34 +325,58 @@ def check(turns: Sequence[Turn], *, alternate: bool = False, budget: int | None 
 
 
 def recalled_block(items: Sequence["ContextItem"], *, note: str = RECALL_NOTE, tag: str = RECALL_TAG) -> str:
-    """Recalled history as ONE labelled block: every line attributed to its speaker and
-    placed under its date header (when timestamps are real dates), compressed forms
-    marked `COMPRESSED_MARK` after the speaker (``Melanie*: ...``; one token, explained in
-    the label) and summaries as ``summary: ...``, in the given (chronological) order.
-    Empty string for no items. Both adapters render recalled history with it.
+    """Recalled history as ONE labelled block, the one format both adapters send: every
+    line attributed to its speaker and placed under its date header, compressed forms
+    marked `COMPRESSED_MARK` after the speaker (``Melanie*: ...``; one token) and
+    summaries as ``summary: ...``, in the given (chronological) order. Empty string for
+    no items.
+
+    The label is short: `note`, plus `COMPRESSED_NOTE` only when some line is compressed.
+    A line's date is its timestamp's day; an item whose timestamp is an ordering, not a
+    date (LlamaIndex memory numbers its messages), is dated by the wall clock it was
+    stored at (``metadata["created_at"]``) when it has one. Lines are rendered as the core
+    renders them (`core._render.attributed`: a leading ``[date] Name:`` of the content
+    that repeats the header or the speaker is not paid twice).
 
         <recalled_context>
-        Recalled from earlier in this conversation ... (the `note`)
+        Earlier conversation, recalled (not new messages). Name* = compressed, not verbatim.
         [3 May 2025]
         Caroline: I went to the LGBTQ support group yesterday.
         Melanie*: painting lake sunrise last year
         </recalled_context>
     """
-    from tiered_context.core._render import day_of, header, speaker
+    from tiered_context.core._render import attributed, header
 
     if not items:
         return ""
-    lines = [f"<{tag}>", note] if note else [f"<{tag}>"]
+    lines: list[str] = []
     current: str | None = None
+    compressed = False
     for item in items:  # the caller's order: the assembler's is chronological
-        day = day_of(item)
+        day = _day_of(item)
         if day is not None and day != current:
             lines.append(header(day))
             current = day
-        if str(item.role) == "summary":
-            mark, who = "", SUMMARY_SPEAKER
+        who, text = attributed(item)
+        if str(item.role) == "summary" or (item.is_derived and len(item.origin_ids) > 1):
+            lines.append(f"{SUMMARY_SPEAKER}: {text}")
         else:
-            mark, who = (COMPRESSED_MARK if item.is_derived else ""), speaker(item)
-        lines.append(f"{who}{mark}: {item.text}")
-    lines.append(f"</{tag}>")
-    return "\n".join(lines)
+            mark = COMPRESSED_MARK if item.is_derived else ""
+            compressed = compressed or bool(mark)
+            lines.append(f"{who}{mark}: {text}")
+    label = " ".join(part for part in (note, COMPRESSED_NOTE if compressed and note else "") if part)
+    head = [f"<{tag}>", label] if label else [f"<{tag}>"]
+    return "\n".join([*head, *lines, f"</{tag}>"])
+
+
+def _day_of(item: "ContextItem") -> str | None:
+    """The day of a recalled line: the timestamp's, else ``metadata["created_at"]``'s."""
+    from tiered_context.core._render import day_of
+
+    day = day_of(item)
+    if day is not None:
+        return day
+    created = item.metadata.get("created_at")
+    if isinstance(created, (int, float)) and not isinstance(created, bool):
+        return day_of(item.evolve(timestamp=float(created)))
+    return None

@@ -41,9 +41,25 @@ def _stem(word: str) -> str:
     return word
 
 
+#: word -> its term ("" for a stop word): `terms` looks each distinct word up once.
+_TERM: dict[str, str] = {}
+_TERM_CAP = 500_000
+
+
 def terms(text: str) -> list[str]:
     """Lower-cased, stop-word-free, lightly stemmed terms of `text`."""
-    return [_stem(w) for w in _WORD.findall(text.lower()) if w not in STOPWORDS]
+    cache = _TERM
+    out = []
+    for w in _WORD.findall(text.lower()):
+        term = cache.get(w)
+        if term is None:
+            term = "" if w in STOPWORDS else _stem(w)
+            if len(cache) >= _TERM_CAP:
+                cache.clear()
+            cache[w] = term
+        if term:
+            out.append(term)
+    return out
 
 
 class BM25Index:
@@ -70,11 +86,14 @@ class BM25Index:
         """Index `text`; returns its document number."""
         doc = len(self._lengths)
         counts = Counter(terms(text))
+        postings = self._postings
         for term, tf in counts.items():
-            ids, tfs = self._postings.setdefault(term, ([], []))
-            ids.append(doc)
-            tfs.append(tf)
-            self._cache.pop(term, None)
+            posting = postings.get(term)
+            if posting is None:
+                postings[term] = ([doc], [tf])
+            else:
+                posting[0].append(doc)
+                posting[1].append(tf)
         length = sum(counts.values())
         self._lengths.append(length)
         self._total_length += length
@@ -98,11 +117,11 @@ class BM25Index:
         return out
 
     def _posting(self, term: str) -> tuple[np.ndarray, np.ndarray] | None:
+        raw = self._postings.get(term)
+        if raw is None:
+            return None
         cached = self._cache.get(term)
-        if cached is None:
-            raw = self._postings.get(term)
-            if raw is None:
-                return None
+        if cached is None or len(cached[0]) != len(raw[0]):  # documents were added since: rebuild
             cached = (np.asarray(raw[0], dtype=np.int64), np.asarray(raw[1], dtype=np.float32))
             self._cache[term] = cached
         return cached

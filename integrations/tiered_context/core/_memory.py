@@ -5,34 +5,38 @@ its `Namespace` (tenant, user, session, thread, generation: structured, never a 
 string), the `ContextAssembler` that decides what a call sees, and the `Ladder`
 (`core.compaction`) that keeps the working set under budget and folds retiring history
 into summaries. This module validates at the door, puts, assembles, learns from
-feedback, resets (a new generation), and resumes a reopened archive.
+feedback, resets (a new generation), and resumes a reopened archive. Two concerns live
+in mixins of their own: each user's learned weights (`core.preferences`) and, on a store
+many workers write, catching up with their writes (`core.catchup`); the put path's
+helpers live with the write queue (`core.writes`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
-import logging
+import contextlib
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
+
+import numpy as np
 
 from tiered_context.core._result import AssembledContext
 from tiered_context.core._assembler import ContextAssembler
 from tiered_context.core._budget import Budget, LadderEvent
+from tiered_context.core._catchup import CatchUp, SharedColdStore, _sound
 from tiered_context.core._compaction import Ladder
 from tiered_context.core._compress import Compressor
 from tiered_context.core._config import MemoryConfig
-from tiered_context.core._durable import read_json
 from tiered_context.core._embed import Embedder, normalize
 from tiered_context.core._enums import Compaction, Compression, StoreKind
-from tiered_context.core._importance import self_information
 from tiered_context.core._items import ContextItem, Role, Tier
 from tiered_context.core._validate import to_timestamp
+from tiered_context.core._writes import PutPath, WriteQueue
 from tiered_context.core._namespace import Kind, Namespace
-from tiered_context.core._scoring import Scorer, ScoreParts, ScoringConfig
+from tiered_context.core._preferences import Preferences, apply_feedback
+from tiered_context.core._scoring import Scorer, ScoringConfig
 from tiered_context.core._store import ColdStore
 from tiered_context.core._summarize import Summarizer, SummaryConfig
 from tiered_context.core._tokens import TokenCounter
@@ -40,59 +44,10 @@ from tiered_context.errors import ConfigError, InputError
 
 __all__ = ["TieredContext", "apply_feedback"]
 
-log = logging.getLogger("tiered_context")
-#: The side file where releases before namespaces kept learned weights (read once, migrated).
-LEGACY_PREFERENCES = "preferences.json"
-_PREFERENCES_TEXT = "learned priority weights"
 _UNSET: Any = object()
 
 
-def apply_feedback(scorer: Scorer, assembled: AssembledContext, used: Iterable[str], user: str | None) -> None:
-    """One online preference step for `user`: the items of `assembled` named in `used`
-    (ids or origin ids) pull the weights toward their score parts, the others push away."""
-    used_ids = set(used)
-    used_parts, unused_parts = [], []
-    for item in assembled.items:
-        origin = item.origin_ids[0]
-        parts = assembled.report.scores.get(origin)
-        if parts is None:
-            continue
-        sp = ScoreParts(*(parts[k] for k in ScoreParts.__slots__))
-        (used_parts if {item.id, origin} & used_ids else unused_parts).append(sp)
-    scorer.preferences.update(user, used_parts, unused_parts)
-
-
-@runtime_checkable
-class SharedColdStore(Protocol):
-    """A `ColdStore` that many worker processes write at once (Postgres, a Qdrant server).
-
-    `next_seqs(tenant, n)` allocates sequence numbers no other worker issues;
-    `watermark(tenant)` is the length of the tenant's commit log (records acknowledged,
-    originals and derived); `since(tenant, position)` returns the records after
-    `position`, in commit order. A memory on such a store catches up before it puts or
-    assembles, so every worker sees every acknowledged write.
-    """
-
-    def next_seqs(self, tenant: str, n: int) -> range: ...
-
-    def watermark(self, tenant: str) -> int: ...
-
-    def since(self, tenant: str, watermark: int) -> list[ContextItem]: ...
-
-
-def _sound(item: ContextItem) -> bool:
-    """False for a record an older release archived without checking it at the door (it
-    stays archived, `assemble` reports it in `skipped`; the ladder never batches it)."""
-    try:
-        item.checked()
-    except (InputError, TypeError, ValueError) as exc:
-        log.warning("archived item %r is not valid input (%s); it stays archived but out of the working set",
-                    item.id, " ".join(str(exc).split())[:200])
-        return False
-    return True
-
-
-class TieredContext:
+class TieredContext(PutPath, CatchUp, Preferences):
     """A three-tier memory that assembles budgeted context for each model call.
 
     Setup::
@@ -170,10 +125,10 @@ class TieredContext:
             compressor=self.config.compressor if self.config.compression == Compression.ALL else None,
             compression_ratio=self.config.budget.compression_ratio,
         )
-        self._lock = threading.RLock()  # orders puts: sequence numbers and archive writes
+        self._lock = threading.RLock()  # numbers and admits puts (their durable writes run outside it)
+        self._writes = WriteQueue(self._lock, self._rewind)
         self._shared = isinstance(self.config.store, SharedColdStore)  # many workers write it: catch up
-        self._preference_numbers: dict[str | None, int] = {}  # user -> number of the latest archived weights
-        self._pref_vector: Any = None
+        self._init_preferences()
         root = Namespace(session=session_id, user=user_id, tenant=tenant, thread=thread_id)
         self._open(root.with_generation(self._current_generation(root)))
         self._migrate_legacy_preferences()
@@ -229,6 +184,7 @@ class TieredContext:
         archived before this returns, so a reset is as durable as a put.
         """
         with self._lock:
+            self._writes.drain()  # puts in flight land in the generation they were numbered in
             self._ladder.close()
             generation = max(self._current_generation(self._namespace.root), self.generation) + 1
             marker = ContextItem(id=f"generation-{generation:08d}", text=f"history reset: generation {generation}",
@@ -249,33 +205,17 @@ class TieredContext:
     def _open(self, namespace: Namespace) -> None:
         """Make `namespace` current: a fresh ladder, resumed from what the archive holds."""
         self._namespace = namespace
-        self._ladder = Ladder(self.config, namespace, prepare=self._assembler.prepare if self._assembler.compressor else None)
+        # compressed forms of candidates are made when an assembly first offers them (and
+        # shared with the ladder's L2 forms through the compressor's memo), not at every put:
+        # a form is a pure function of its original, so what is assembled is the same
+        self._ladder = Ladder(self.config, namespace, prepare=None)
         shared = self._shared
         self._log_position = self.store.watermark(namespace.key) if shared else 0  # read before the items
         originals = sorted((i for i in self.store.items(namespace.key) if not i.is_derived), key=lambda i: i.seq)
         self._next_seq = originals[-1].seq + 1 if originals else 0
+        self._visible_seq = self._next_seq  # after the last original admitted to the working set
         self._known: set[str] = {i.id for i in originals} if shared else set()
         self._ladder.resume([i for i in originals if _sound(i)])
-
-    def _catch_up(self) -> None:
-        """Admit the originals other workers acknowledged since this memory last looked (a
-        store shared across processes: `SharedColdStore`). One cheap read when nothing changed."""
-        if not self._shared:
-            return  # an in-process or single-process store: every write went through this object
-        key = self._namespace.key
-        with self._lock:
-            if self.store.watermark(key) == self._log_position:
-                return
-            records = self.store.since(key, self._log_position)
-            self._log_position += len(records)
-            fresh = sorted((i for i in records if not i.is_derived and i.id not in self._known), key=lambda i: i.seq)
-            self._known.update(i.id for i in fresh)
-            fresh = [i for i in fresh if _sound(i)]
-            if fresh:
-                self._next_seq = max(self._next_seq, fresh[-1].seq + 1)
-                self._ladder.admit(fresh)
-
-
 
     # -- writing -------------------------------------------------------------------------
     def put(
@@ -300,31 +240,67 @@ class TieredContext:
         return self.put_many([item])[0]
 
     def put_many(self, items: Iterable[ContextItem | Mapping[str, Any] | str]) -> list[ContextItem]:
-        """Store many items in one batch (one embedding call, one durable write)."""
+        """Store many items in one batch (one embedding call, one durable write).
+
+        Safe from many threads: the lock only numbers and admits a batch, so concurrent
+        puts share their durable writes (see `core._writes`); each returns once its items
+        are archived and in the working set.
+        """
         batch = [self._coerce(i) for i in items]
+        if not batch:
+            return []
         key = self._namespace.key
         self._catch_up()
-        with self._lock:
-            known = {i.id: i for i in self.store.get(key, list(dict.fromkeys(i.id for i in batch)))}  # one read
-            new = []
-            for item in batch:
-                old = known.get(item.id)
-                if old is None or old.text != item.text or old.role != item.role:
-                    known[item.id] = item  # a repeat later in the batch is idempotent; a conflict, the store's to refuse
-                    new.append(item)
-            if new:  # archived first; a failure leaves the sequence and the ladder as they were
-                seqs = (self.store.next_seqs(key, len(new)) if self._shared  # numbers no other worker can issue
-                        else range(self._next_seq, self._next_seq + len(new)))
-                fresh = [item.evolve(seq=seq, tokens=self.counter.count(item.text), tier=Tier.L1,
-                                     importance=item.importance or (1.0 if item.pinned else self_information(item.text)))
-                         for item, seq in zip(new, seqs)]
-                vectors = normalize(self.embedder.embed([i.text for i in fresh]))
-                self.store.add(key, fresh, vectors)  # raises on a conflicting id
-                known.update((i.id, i) for i in fresh)
-                self._next_seq = max(self._next_seq, fresh[-1].seq + 1)
-                if self._shared:
-                    self._known.update(i.id for i in fresh)
-                self._ladder.admit(fresh)
+        while True:
+            done = self._put(key, batch)
+            if done is not None:
+                return done
+            # an identical item another put was writing failed to store: write it ourselves
+
+    def _put(self, key: str, batch: list[ContextItem]) -> list[ContextItem] | None:
+        """One attempt of `put_many` (None: an item this batch waited for was not stored)."""
+        shared = self._shared  # many workers: the whole put under the lock (catch-up sees only admitted writes)
+        with self._lock if shared else contextlib.nullcontext():
+            ids = list(dict.fromkeys(i.id for i in batch))
+            # the per-item work (tokens, importance, vectors) runs before the lock, for the
+            # items the archive does not hold as they are (one read; re-checked under the lock)
+            stored = {i.id: i for i in self.store.get(key, ids)}
+            todo: dict[str, ContextItem] = {}
+            for i in batch:
+                if i.id not in todo and ((old := stored.get(i.id)) is None or old.text != i.text or old.role != i.role):
+                    todo[i.id] = i
+            work = self._work(list(todo.values()))
+            with self._lock:
+                known = stored if shared or not todo else {i.id: i for i in self.store.get(key, ids)}
+                waits, new = [], []
+                for item in batch:
+                    old = known.get(item.id)
+                    if old is None and (flying := self._writes.in_flight(item.id)) is not None:
+                        old, other = flying
+                        if old.text == item.text and old.role == item.role:
+                            waits.append(other)  # the same item on its way: acknowledged with that write
+                            known[item.id] = old
+                    if old is None or old.text != item.text or old.role != item.role:
+                        if item.id not in work:  # stored differently since the read above: the store refuses it
+                            work.update(self._work([item]))
+                        known[item.id] = item  # a repeat later in the batch is idempotent; a conflict, the store's to refuse
+                        new.append(item)
+                write = None
+                if new:
+                    seqs = (self.store.next_seqs(key, len(new)) if shared  # numbers no other worker can issue
+                            else range(self._next_seq, self._next_seq + len(new)))
+                    fresh = [item.evolve(seq=seq, tokens=work[item.id][0], tier=Tier.L1, importance=work[item.id][1])
+                             for item, seq in zip(new, seqs)]
+                    self._next_seq = max(self._next_seq, fresh[-1].seq + 1)
+                    known.update((i.id, i) for i in fresh)
+                    write = self._writes.reserve(fresh, self._admitter(self._ladder))
+                    vectors = np.stack([work[i.id][2] for i in new])
+                    if shared:  # under the lock: catch-up never sees a write of ours before it is admitted
+                        self._archive(key, write, vectors)
+            if write is not None and not shared:
+                self._archive(key, write, vectors)  # outside the lock: concurrent writers share flushes
+            if not self._writes.wait(([write] if write is not None else []) + waits):
+                return None
             return [known[i.id] for i in batch]
 
     async def aput(self, content: Any, **kwargs: Any) -> ContextItem:
@@ -353,7 +329,7 @@ class TieredContext:
         view = self._ladder.view(summaries=self.summary.candidates, take_events=True)
         return self._assembler.assemble(
             self._namespace.key, query, budget=limit, working_set=view.working, recent_items=self.budget.recent_items,
-            latest_seq=self._next_seq - 1, user=user, events=view.events,
+            latest_seq=self._visible_seq - 1, user=user, events=view.events,
             summaries=view.summaries, summary_tenant=self._namespace.with_kind(Kind.SUMMARIES).key,
             asked_at=None if asked_at is None else to_timestamp(asked_at),
         )
@@ -375,58 +351,10 @@ class TieredContext:
         self._load_preferences(user)
         with self._lock:
             apply_feedback(self.scorer, assembled, used, user)
-            weights = self.scorer.preferences.state().get(user or "")
-            if weights is None:
-                return
-            number = self._preference_numbers[user] + 1
-            digest = hashlib.blake2b(json.dumps(weights).encode(), digest_size=6).hexdigest()
-            record = ContextItem(id=f"pref-{number:010d}-{digest}", text=_PREFERENCES_TEXT, role="preferences",
-                                 tier=Tier.L3, metadata={"number": number, "weights": weights})
-            self.store.add(self._preferences_key(user), [record], self._preferences_vector())
-            self._preference_numbers[user] = number
+            self._archive_preferences(user)
 
     async def afeedback(self, assembled: AssembledContext, used: Iterable[str], *, user_id: str | None = None) -> None:
         await asyncio.to_thread(self.feedback, assembled, used, user_id=user_id)
-
-    def _preferences_key(self, user: str | None) -> str:
-        ns = self._namespace
-        # a named user's weights follow the user across sessions; an anonymous memory's stay in its session
-        scope = Namespace(session=ns.session if user is None else "*", user=user, tenant=ns.tenant)
-        return scope.with_kind(Kind.PREFERENCES).key
-
-    def _preferences_vector(self) -> Any:
-        """The vector archived with every preference record: one embedding of their fixed text."""
-        if self._pref_vector is None:
-            self._pref_vector = normalize(self.embedder.embed([_PREFERENCES_TEXT]))
-        return self._pref_vector
-
-    def _load_preferences(self, user: str | None) -> None:
-        if user in self._preference_numbers:
-            return
-        records = [r for r in self.store.items(self._preferences_key(user))
-                   if r.role == "preferences" and isinstance(r.metadata.get("weights"), list)]
-        latest = max(records, key=lambda r: (int(r.metadata.get("number", 0)), r.id), default=None)
-        if latest is not None:
-            try:
-                self.scorer.preferences.load({user or "": latest.metadata["weights"]}, merge=True)
-            except (TypeError, ValueError) as exc:
-                log.warning("learned weights of %r unreadable (%s); defaults used", user, exc)
-        self._preference_numbers[user] = 0 if latest is None else int(latest.metadata.get("number", 0))
-
-    def _migrate_legacy_preferences(self) -> None:
-        """Weights a release before namespaces kept in ``<path>/preferences.json``: used as
-        the starting point for users with no archived weights (a damaged file is moved aside)."""
-        if self.path is None:
-            return
-        state = read_json(self.path / LEGACY_PREFERENCES, what="learned preferences file")
-        if not state:
-            return
-        try:
-            legacy = {str(u): [float(x) for x in w] for u, w in state.items()}
-        except (TypeError, ValueError):
-            log.warning("%s holds no weights this release can read; ignored", self.path / LEGACY_PREFERENCES)
-            return
-        self.scorer.preferences.load(legacy, merge=True)
 
     # -- housekeeping (the ladder itself lives in core.compaction) ---------------------------
     @property
@@ -483,19 +411,3 @@ class TieredContext:
         gen = f", generation={self.generation}" if self.generation else ""
         return (f"TieredContext(session_id={self.session_id!r:.60}{gen}, {where}, items={len(self)}, "
                 f"L1={tiers['L1']}, L2={tiers['L2']}, working={self.working_tokens}/{self.budget.working_limit} tok)")
-
-    def _coerce(self, value: ContextItem | Mapping[str, Any] | str) -> ContextItem:
-        if isinstance(value, ContextItem):
-            item = value.checked()  # built directly: the same checks as `create`
-        elif isinstance(value, Mapping):
-            if "content" not in value and "text" not in value:
-                raise InputError("a mapping item needs 'content' (or 'text'); e.g. {'role': 'user', 'content': 'hi'}")
-            item = ContextItem.create(value.get("content", value.get("text")), role=value.get("role", Role.USER),
-                                      timestamp=value.get("timestamp"), metadata=value.get("metadata"), id=value.get("id"), pinned=bool(value.get("pinned", False)))
-        else:
-            item = ContextItem.create(value)
-        if not item.text.strip():
-            raise InputError("empty text cannot be stored; skip empty messages (tool calls belong in the text or metadata)")
-        if item.is_derived:
-            raise InputError("put() takes originals; derived items (with source_ids) are made by the memory itself")
-        return item

@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from tiered_context.core._lexical import terms
+from tiered_context.core._lexical import STOPWORDS, terms
 from tiered_context.core._store import SignalStats
 from tiered_context.errors import ConfigError
 
-__all__ = ["ScoringConfig", "ScoreParts", "Scorer", "PreferenceModel", "query_share", "time_window"]
+__all__ = ["ScoringConfig", "ScoreParts", "Scorer", "PreferenceModel", "query_share", "speakers_named", "time_window"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,6 +50,12 @@ class ScoringConfig:
     evidence of 6 of 6 such LongMemEval dev questions (asked 6-35 days after the last
     turn) and cost 0.8-1.8 points on the conversational set, where chat messages say "two
     weeks ago" in passing.
+
+    When the query names a speaker of the history (metadata ``speaker`` or ``name``:
+    "What did Melanie paint?", "What did C think about the budget?"), that speaker's
+    relevant items are worth ``1 + speaker_boost`` times their value: her own turns rarely
+    contain her name, so lexical relevance alone finds the turns that address her instead.
+    (LoCoMo dev at 1k / 2k: 0.821 / 0.889 without, 0.833 / 0.898 with 0.5.)
     """
 
     relevance_weight: float = 1.0
@@ -59,6 +65,7 @@ class ScoringConfig:
     adaptive_fusion: bool = True
     short_query_terms: int = 4
     time_match_boost: float = 1.0
+    speaker_boost: float = 0.5
     half_life_items: float = 100.0
     neighbour_decay: float = 0.7
     neighbour_window: int = 3
@@ -88,6 +95,8 @@ class ScoringConfig:
             raise ConfigError("time_match_boost must be >= 0 (0 = ignore relative dates in queries)")
         if self.short_query_terms < 1:
             raise ConfigError("short_query_terms must be >= 1 content term")
+        if self.speaker_boost < 0:
+            raise ConfigError("speaker_boost must be >= 0 (0 = ignore speakers the query names)")
         if self.half_life_items <= 0:
             raise ConfigError("half_life_items must be > 0")
         if not 0 <= self.neighbour_decay < 1:
@@ -161,6 +170,40 @@ def time_window(query: str, now: float) -> tuple[float, float] | None:
         return start - _DAY / 2, start + 2.5 * _DAY
     unit = _UNITS[word]
     return now - 1.5 * unit, now - 0.5 * unit + _DAY
+
+
+_NAME_WORD = re.compile(r"[^\W_]+")
+
+
+def speakers_named(query: str, speakers: Iterable[str]) -> set[str]:
+    """The `speakers` that `query` names, by a word of the name no other speaker shares.
+
+    A word of three or more letters matches in any case unless it is a stop word
+    ("Melanie", "professor"); a shorter one only as written in capitals, so "What did C
+    think" names "Professor C" while the article "a" never names "Grad A".
+
+    >>> sorted(speakers_named("What did C think of it?", ["Professor C", "Grad A"]))
+    ['Professor C']
+    >>> speakers_named("a question for the grads", ["Grad A", "Grad B"])
+    set()
+    """
+    written = set(_NAME_WORD.findall(query))
+    folded = {w.casefold() for w in written if len(w) >= 3}
+    owners: dict[str, set[str]] = {}
+    for name in set(speakers):
+        for word in set(_NAME_WORD.findall(name)):
+            owners.setdefault(word, set()).add(name)
+    named: set[str] = set()
+    for word, who in owners.items():
+        if len(who) != 1:
+            continue
+        if len(word) >= 3:
+            hit = word.casefold() in folded and word.casefold() not in STOPWORDS
+        else:
+            hit = word.isupper() and word in written
+        if hit:
+            named |= who
+    return named
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ except ImportError as exc:  # pragma: no cover
     raise missing_extra("langchain-core", "langchain") from exc
 
 from tiered_context.core import (
+    REPLY_PRIMING,
     AssembledContext,
     Budget,
     ColdStore,
@@ -250,7 +251,9 @@ class TieredChatMessageHistory(BaseChatMessageHistory):
             return []
         config = callbacks if isinstance(callbacks, BaseCallbackManager) else ({"callbacks": callbacks} if callbacks else None)
         with assembly_run(config, {"query": query, "max_tokens": budget}, {"session": self.session_id}) as run:
-            out = self._ctx.assemble(query, budget=max(1, budget - block_overhead(self._ctx.counter)))
+            # the exact room: what the view adds beyond the lines the core pays for (label, framing,
+            # reply priming) is taken off first, never counted twice
+            out = self._ctx.assemble(query, budget=max(1, budget - REPLY_PRIMING - block_overhead(self._mc, self.context_placement)))
             messages = [m for item, m in originals if item.text != _EMPTY]
             view = build_view(None, messages, [], out, budget=budget, mc=self._mc, where=self.context_placement,
                               rewrite_in_place=self.rewrite_in_place, alternate=self.alternate_roles)

@@ -14,12 +14,7 @@ agent.invoke({"messages": [("user", "When is the Lisbon launch?")]}, {"configura
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import logging
-import threading
-import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +23,6 @@ from tiered_context.errors import missing_extra
 
 try:
     from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
-    from langchain_core.messages import BaseMessage
 except ImportError as exc:  # pragma: no cover
     raise missing_extra("langchain", "langchain") from exc
 
@@ -40,16 +34,16 @@ from tiered_context.core import (
     Compaction,
     Compressor,
     Embedder,
-    LocalColdStore,
     MemoryConfig,
     ScoringConfig,
     TieredContext,
     TokenCounter,
-    WordLlamaEmbedder,
     check_id,
 )
-from tiered_context.errors import BudgetError, ConfigError, DuplicateItemError, positive_int
-from tiered_context.langchain._convert import MessageCounter, is_summary_message, message_time, message_to_item
+from tiered_context.errors import BudgetError, ConfigError, positive_int
+from tiered_context.langchain._convert import MessageCounter, is_summary_message
+from tiered_context.langchain._embeddings import as_embedder
+from tiered_context.langchain._threads import Key, ThreadMemories
 from tiered_context.langchain._trace import assembly_run, current_config
 from tiered_context.langchain._view import (
     CallReport,
@@ -60,27 +54,19 @@ from tiered_context.langchain._view import (
     placement,
     turn_query,
 )
-from tiered_context.langchain._embeddings import as_embedder
 
-__all__ = ["TieredContextMiddleware", "CallReport"]
+__all__ = ["CallReport", "TieredContextMiddleware"]
 
-log = logging.getLogger("tiered_context.langchain")
-
-
-class _SharedStore:
-    """The one store all sessions share: closing a session's context must not close it."""
-
-    def __init__(self, store: ColdStore) -> None:
-        self.inner = store
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def close(self) -> None:  # the middleware closes the real store in its own close()
-        return None
+#: Re-assemblies with the room a built view left unused (the core packs under its budget;
+#: the tail's message framing is only known once the view exists), when it is at least
+#: REFILL_MIN tokens.
+REFILLS = 2
+REFILL_MIN = 8
 
 
-Key = tuple[str | None, str]  # (user, thread): separate fields, never joined
+def _shown(view: Any) -> set[str]:
+    """What a view hands the model: its messages' ids and its recalled lines' origins."""
+    return {str(m.id) for m in view.messages} | {o for item in view.recalled for o in item.origin_ids}
 
 
 class TieredContextMiddleware(AgentMiddleware):
@@ -112,7 +98,9 @@ class TieredContextMiddleware(AgentMiddleware):
        ``rewrite_in_place=True`` sends recalled messages at their place instead,
        compressed ones as shortened copies (the behaviour before the block),
     4. makes it a valid conversation (`tiered_context.core._conversation`): the first
-       message after the system prompt is the user's, every tool result right after its
+       message after the system prompt is the user's (a thread with no user message at
+       all leads with a labelled context message saying so, `core.OPENER_NOTE`; nothing
+       is invented), every tool result right after its
        call, and with ``alternate_roles=True`` strictly alternating user / assistant
        (for providers and chat templates that require it),
     5. calls the model with that request. The state (and your checkpointer) is never
@@ -182,28 +170,20 @@ class TieredContextMiddleware(AgentMiddleware):
             )
         elif config.counter is None:
             config = config.replace(counter=TokenCounter())
-        self._config = config  # resolved (store opened) on the first thread
         self.counter: TokenCounter = config.counter
         self._messages = MessageCounter(self.counter)
-        self._owns_store = config.store is None
-        self._use_runtime_store = (use_runtime_store and config.store is None and config.path is None
-                                   and context_factory is None)
-        self._graph_store: Any = None
+        self._threads = ThreadMemories(config, factory=context_factory, max_sessions=max_sessions,
+                                       use_runtime_store=use_runtime_store)
         self.context_placement = placement(context_placement)
         self.rewrite_in_place = bool(rewrite_in_place)
         self.alternate_roles = bool(alternate_roles)
         self._on_call = on_call
-        self._factory = context_factory
-        self._max_sessions = max_sessions
-        self._contexts: OrderedDict[Key, TieredContext] = OrderedDict()
-        self._ingested: dict[Key, set[str]] = {}
-        self._lock = threading.RLock()
         self._last_call: CallReport | None = None
 
     @property
     def config(self) -> MemoryConfig:
         """The settings every thread's memory is made from (resolved once a thread is open)."""
-        return self._config
+        return self._threads.config
 
     @property
     def last_call(self) -> CallReport | None:
@@ -224,33 +204,7 @@ class TieredContextMiddleware(AgentMiddleware):
         """The `TieredContext` of a thread (of `user_id`, when given), created on first use:
         inspect or pre-fill it. User and thread are separate namespace fields."""
         key: Key = (check_id(user_id, name="user_id", optional=True), check_id(thread, name="thread_id"))
-        with self._lock:
-            ctx = self._contexts.get(key)
-            if ctx is not None:
-                self._contexts.move_to_end(key)
-                return ctx
-            if self._factory is not None:
-                ctx = self._factory(thread, user_id)
-            else:
-                if not self._config.resolved:
-                    config = self._config
-                    if config.store is None and config.path is None:
-                        config = config.replace(store=LocalColdStore())
-                    if config.embedder is None:
-                        config = config.replace(embedder=WordLlamaEmbedder())
-                    config = config.resolve()
-                    # threads share the store; the middleware closes it in close(), not a thread's memory
-                    self._config = config.replace(store=_SharedStore(config.store))
-                    self._store_to_close = config.store if self._owns_store else None
-                ctx = TieredContext(config=self._config, session_id=thread, user_id=user_id)
-                self._adopt_legacy(ctx, user_id, thread)
-            self._contexts[key] = ctx
-            self._ingested[key] = set()
-            while len(self._contexts) > self._max_sessions:  # the archive stays; reopened on demand
-                old, evicted = self._contexts.popitem(last=False)
-                self._ingested.pop(old, None)
-                self._retire(evicted)
-            return ctx
+        return self._threads.open(key)
 
     def feedback(self, report: CallReport, used: Iterable[str]) -> None:
         """Teach the memory of `report`'s thread which of its assembled items (ids or origin
@@ -262,57 +216,13 @@ class TieredContextMiddleware(AgentMiddleware):
             return
         self.context_for(report.thread, report.user).feedback(report.assembled, used, user_id=report.user)
 
-    def _adopt_legacy(self, ctx: TieredContext, user: str | None, thread: str) -> None:
-        """Copy a thread the previous release archived under ``"user/thread"`` into its
-        namespace (once, when the new one is empty; unambiguous ids only)."""
-        if user is None or "/" in user or "/" in thread or len(ctx):
-            return
-        legacy = sorted((i for i in ctx.store.items(f"{user}/{thread}") if not i.is_derived), key=lambda i: i.seq)
-        if legacy:
-            log.info("thread %r of user %r: %d messages copied from the previous release's layout", thread, user, len(legacy))
-            ctx.put_many([i.evolve(seq=-1) for i in legacy])
-
-    def _bind_store(self, graph_store: Any) -> None:
-        """Archive into the agent's LangGraph store (``create_agent(store=...)``) when this
-        middleware was given no path, store or factory of its own."""
-        if graph_store is None or not self._use_runtime_store:
-            return
-        with self._lock:
-            if self._graph_store is None and not self._config.resolved:
-                from tiered_context.langchain._graph_store import GraphStoreColdStore
-
-                self._config = self._config.replace(store=GraphStoreColdStore(graph_store))
-                self._graph_store = graph_store
-            elif self._graph_store is not None and graph_store is not self._graph_store:
-                raise ConfigError(
-                    "this TieredContextMiddleware already archives into another agent's store; give each agent "
-                    "that has its own store= its own TieredContextMiddleware (or pass store=/path= explicitly)"
-                )
-
-    def _retire(self, ctx: TieredContext) -> None:
-        if self._factory is None:
-            ctx.close()  # waits for its compaction, stops its worker; the shared store stays open
-        else:
-            ctx.flush()  # a factory's contexts belong to the caller
-
     def flush(self) -> None:
         """Wait for background compaction in every open thread (tests, shutdown)."""
-        with self._lock:
-            contexts = list(self._contexts.values())
-        for ctx in contexts:
-            ctx.flush()
+        self._threads.flush()
 
     def close(self) -> None:
         """Finish background work, close every thread's memory and the store this middleware opened."""
-        with self._lock:
-            contexts = list(self._contexts.values())
-            self._contexts.clear()
-            self._ingested.clear()
-        for ctx in contexts:
-            self._retire(ctx)
-        store = getattr(self, "_store_to_close", None)
-        if store is not None and hasattr(store, "close"):
-            store.close()
+        self._threads.close()
 
     # -- the work ----------------------------------------------------------------------
     def _traced(self, request: ModelRequest) -> ModelRequest:
@@ -362,17 +272,32 @@ class TieredContextMiddleware(AgentMiddleware):
         body = [m for m in messages if not is_summary_message(m)]
         start = live_start(body, mc)
         history, live = body[:start], body[start:]
-        self._bind_store(getattr(request.runtime, "store", None))
+        self._threads.bind_store(getattr(request.runtime, "store", None))
         ctx = self.context_for(thread, user)
-        self._ingest((user, thread), ctx, history)
+        self._threads.ingest((user, thread), ctx, history)
         out: AssembledContext | None = None
         room = self.max_tokens - REPLY_PRIMING - system_tokens - tool_tokens - sum(mc.message(m) for m in [*lead, *live])
-        overhead = block_overhead(self.counter)
-        if history and room > overhead + 8 and self._ingested.get((user, thread)):
-            out = ctx.assemble(turn_query(body, live), budget=room - overhead, user_id=user)
-        view = build_view(system, history, live, out, budget=self.max_tokens, mc=mc, lead=lead, tool_tokens=tool_tokens,
-                          where=self.context_placement, rewrite_in_place=self.rewrite_in_place,
-                          alternate=self.alternate_roles)
+        overhead = block_overhead(mc, self.context_placement)
+        def view_of(assembled: AssembledContext | None) -> Any:
+            return build_view(system, history, live, assembled, budget=self.max_tokens, mc=mc, lead=lead,
+                              tool_tokens=tool_tokens, where=self.context_placement,
+                              rewrite_in_place=self.rewrite_in_place, alternate=self.alternate_roles)
+
+        budget = room - overhead
+        if history and budget > 8 and self._threads.has_ingested((user, thread)):
+            query = turn_query(body, live)
+            out = ctx.assemble(query, budget=budget, user_id=user)
+        view = view_of(out)
+        for _ in range(REFILLS):  # the exact room left after the view is built goes back to the core
+            slack = self.max_tokens - view.tokens
+            if out is None or slack < REFILL_MIN:
+                break
+            budget += slack
+            again = ctx.assemble(query, budget=budget, user_id=user)
+            fuller = view_of(again)
+            if fuller.tokens <= view.tokens or not _shown(view) <= _shown(fuller):
+                break  # only ever more of the same: a refill never trades what the view held
+            out, view = again, fuller
         prepared = request.override(messages=view.messages, system_message=view.system)
         report = CallReport(
             thread=thread, user=user, tokens=view.tokens, max_tokens=self.max_tokens, messages_in=len(messages),
@@ -382,22 +307,3 @@ class TieredContextMiddleware(AgentMiddleware):
             recalled=view.recalled,
         )
         return prepared, report
-
-    def _ingest(self, key: Key, ctx: TieredContext, messages: list[BaseMessage]) -> None:
-        """Archive the messages of the thread not seen yet, one `put_many` per message: a
-        reopened archive replays its originals one by one (`TieredContext` resumes per
-        item), so live compaction must see the same steps, or a resumed thread would
-        re-make its summaries (re-asking an LLM summarizer) instead of replaying them."""
-        seen = self._ingested.setdefault(key, set())
-        fresh = [m for m in messages if m.id and m.id not in seen]
-        now = time.time()
-        for m in fresh:
-            item = message_to_item(m, timestamp=message_time(m, default=now))
-            if item is None:
-                continue
-            try:
-                ctx.put_many([item])
-            except DuplicateItemError:  # a message id reused with new content: keep both versions
-                digest = hashlib.blake2b(item.text.encode(), digest_size=4).hexdigest()
-                ctx.put_many([message_to_item(m, timestamp=message_time(m, default=now), item_id=f"lc:{m.id}:{digest}")])
-        seen.update(m.id for m in fresh)

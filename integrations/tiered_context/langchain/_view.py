@@ -30,8 +30,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, HumanMessage, SystemMessage, ToolMessage
 
 from tiered_context.core import (
-    RECALL_NOTE,
-    RECALL_TAG,
+    OPENER_NOTE,
     REPLY_PRIMING,
     AssembledContext,
     ContextItem,
@@ -160,9 +159,17 @@ def _merger(mc: MessageCounter):
     return merge
 
 
-def block_overhead(counter: TokenCounter) -> int:
-    """Tokens the labelled block adds around its lines (label, tags, message framing)."""
-    return counter.count(f"<{RECALL_TAG}>\n{RECALL_NOTE}\n</{RECALL_TAG}>") + 5  # + message framing
+_PROBE = ContextItem(id="_", text="x", role="user", timestamp=1.0)  # one undated line: sizes the label
+
+
+def block_overhead(mc: MessageCounter, where: Placement = Placement.MESSAGE) -> int:
+    """Tokens the labelled block adds around the lines the core pays for (label, tags, the
+    context message's framing or the join to the system prompt), measured exactly."""
+    block = recalled_block([_PROBE])
+    line = mc.counter.count("user: x")
+    if where is Placement.SYSTEM:
+        return mc.counter.count("\n\n" + block) - line + 1
+    return mc.message(context_message(block)) - line + 1
 
 
 def context_message(block: str) -> HumanMessage:
@@ -261,6 +268,11 @@ def build_view(
         lead_msgs = list(lead) + ([context_message(block)] if block and where is Placement.MESSAGE else [])
         lead_turns = [message_turn(m, mc) for m in lead_msgs]
         turns = [message_turn(m, mc) for m, _ in tail] + [message_turn(m, mc) for m in live]
+        if (turns or history) and not any(t.role == "user" for t in (*lead_turns, *turns)):
+            # no user message at all (a loop started by a tool call): a labelled context
+            # message says so and leads, as the contract's opener (never an invented request;
+            # also when the budget left no turn, since providers reject an empty conversation)
+            lead_turns.insert(0, message_turn(context_message(OPENER_NOTE), mc))
         sys_tokens = mc.message(final_system) if final_system is not None else 0
         return turns, final_system, lead_turns, sys_tokens
 
@@ -278,7 +290,9 @@ def build_view(
         if total <= room or not (recalled or tail):
             break
         low_line = min(range(len(recalled)), key=lambda n: (recalled[n][1], -n), default=None)
-        if tail and (low_line is None or tail[0][1] <= recalled[low_line][1]):
+        if tail and rewrite_in_place:  # every recalled message is at its place: the least valuable goes
+            tail.pop(min(range(len(tail)), key=lambda n: (tail[n][1], n)))
+        elif tail and (low_line is None or tail[0][1] <= recalled[low_line][1]):
             tail.pop(0)
             while tail and isinstance(tail[0][0], ToolMessage):
                 tail.pop(0)

@@ -24,18 +24,18 @@ from tiered_context.core import (
     TieredContext,
     TokenCounter,
     check_id,
+    recalled_block,
     self_information,
     terms,
 )
 from tiered_context.errors import ConfigError
 from tiered_context.llama_index._convert import message_text, message_to_item
-from tiered_context.llama_index._recall import render_recall
 from tiered_context.llama_index._instrumentation import dispatcher, emit_assembly
 
 __all__ = ["TieredMemoryBlock", "TieredFactBlock"]
 
 DEFAULT_SESSION = "default"
-_PROBE = ContextItem(id="_", text="x", role="user", timestamp=1.7e9)  # sizes the block's header lines
+_PROBE = ContextItem(id="_", text="x", role="user", timestamp=1.0)  # sizes the block's label (no date: the core pays headers)
 
 
 def _session_of(message: ChatMessage, default: str) -> str:
@@ -64,7 +64,8 @@ class TieredMemoryBlock(BaseMemoryBlock[str]):
 
     Result: `Memory.aget()` puts ``<TieredMemory>`` in the system message: one labelled
     block of recalled history, chronological, under day headers, each line attributed to
-    its speaker, compressed lines marked ``(compressed)`` (see `_recall`). Sessions are
+    its speaker, compressed lines marked ``Name*:`` (`core.recalled_block`, the format
+    every adapter sends). Sessions are
     isolated: each `session_id` Memory passes (any characters) is its own session of one
     memory (`TieredContext.sibling`: one `MemoryConfig`, one store). `config=` takes a
     `MemoryConfig` for every core setting. `atruncate` re-assembles under the smaller
@@ -137,14 +138,14 @@ class TieredMemoryBlock(BaseMemoryBlock[str]):
 
     def _room(self, limit: int) -> int:
         """The core's budget for a block of `limit` tokens (the header takes its share)."""
-        return max(1, limit - self.counter.count(render_recall([_PROBE])) + self.counter.count("user: x"))
+        return max(1, limit - self.counter.count(recalled_block([_PROBE])) + self.counter.count("user: x"))
 
     def _fit(self, out: Any, limit: int) -> str:
         """The labelled block of `out`'s items within `limit` tokens (least valuable lines out first)."""
         items = sorted(out.items, key=lambda i: (i.timestamp, i.seq))
         scores = out.report.scores
         while items:
-            text = render_recall(items)
+            text = recalled_block(items)
             if self.counter.count(text) <= limit:
                 return text
             items.remove(min(items, key=lambda i: (max((scores.get(o, {}).get("value", 0.0) for o in i.origin_ids), default=0.0), i.seq)))

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import threading
-import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Callable, Iterable, List, Optional, Union
 
 from tiered_context.errors import missing_extra
@@ -19,41 +17,34 @@ except ImportError as exc:  # pragma: no cover
 
 from tiered_context.core import (
     AssembledContext,
-    Budget,
-    ColdStore,
     Compaction,
     MemoryConfig,
     ScoringConfig,
     TieredContext,
     TokenCounter,
-    check_id,
 )
-from tiered_context.errors import BudgetError, ConfigError
-from tiered_context.llama_index._log import MessageLog
+from tiered_context.errors import BudgetError
 from tiered_context.llama_index._convert import (
     MediaTokens,
-    SizedTokens,
     copy_message,
     message_tokens,
     messages_to_items,
     stored_message,
 )
+from tiered_context.llama_index._instrumentation import dispatcher, emit_assembly
+from tiered_context.llama_index._log import MessageLog
 from tiered_context.llama_index._select import MemoryView, Selection
 from tiered_context.llama_index._session import (
     DEFAULT_TOKEN_LIMIT,
     BufferSerialization,
-    as_core_embedder,
-    buffer_defaults,
-    check_seams,
+    MemorySetup,
     common_prefix,
-    migrate_legacy,
 )
-from tiered_context.llama_index._instrumentation import dispatcher, emit_assembly, emit_ladder
 
 __all__ = ["TieredMemory", "MemoryView"]
 
 
-class TieredMemory(BufferSerialization, BaseMemory):
+class TieredMemory(MemorySetup, BufferSerialization, BaseMemory):
     """A drop-in for `Memory` / `ChatMemoryBuffer` that hands the model, for every call,
     a valid conversation of at most `token_limit` tokens: the current turn and the latest
     messages verbatim, and what older history the next answer needs (retrieved from the
@@ -83,9 +74,11 @@ class TieredMemory(BufferSerialization, BaseMemory):
     thinking, media included) is at most `token_limit - initial_token_count` unless the
     system messages and the current user message alone exceed it.
 
-    Recalled history is never passed off as what people said: it is one block under a
-    header, ``speaker: text`` lines under day headers, compressed lines marked
-    ``(compressed)``, summaries marked. ``in_place=True`` puts recalled messages back at
+    Recalled history is never passed off as what people said: it is one labelled block
+    (`core.recalled_block`, the format the LangChain adapter sends too), ``speaker: text``
+    lines under day headers, compressed lines marked ``speaker*:``, summaries marked. A
+    history with no user message (a loop started by a tool call) leads with a labelled
+    user-role context message saying so (`core.OPENER_NOTE`), never an invented request. ``in_place=True`` puts recalled messages back at
     their positions instead (compressed ones rewritten), the previous behaviour.
 
     `select(input=...)` returns a `MemoryView` (messages, positions, the core's
@@ -132,133 +125,10 @@ class TieredMemory(BufferSerialization, BaseMemory):
     _lock: Any = PrivateAttr(default_factory=threading.RLock)
     _last_view: Optional[MemoryView] = PrivateAttr(default=None)
 
-    # -- construction ------------------------------------------------------------------
+    # -- construction: `from_defaults`, `model_post_init` and `_config` are `MemorySetup`'s (_session.py)
     @classmethod
     def class_name(cls) -> str:
         return "TieredMemory"
-
-    @classmethod
-    def from_defaults(  # type: ignore[override]
-        cls,
-        chat_history: Optional[List[ChatMessage]] = None,
-        llm: Optional[Any] = None,
-        chat_store: Optional[Any] = None,
-        chat_store_key: str = DEFAULT_CHAT_STORE_KEY,
-        token_limit: Optional[int] = None,
-        tokenizer_fn: Optional[Callable[[str], Any]] = None,
-        *,
-        session_id: Optional[str] = None,
-        user_id: Optional[str] = None,
-        path: Optional[Union[str, Path]] = None,
-        store: Optional[ColdStore] = None,
-        embedder: Optional[Any] = None,
-        embed_model: Optional[Any] = None,
-        counter: Optional[TokenCounter] = None,
-        scoring: Optional[ScoringConfig] = None,
-        config: Optional[MemoryConfig] = None,
-        compaction: Union[Compaction, str] = Compaction.BACKGROUND,
-        recent_messages: int = 2,
-        pin_system: bool = True,
-        start_with_user: bool = True,
-        alternate: bool = False,
-        in_place: bool = False,
-        working_set_tokens: Optional[int] = None,
-        media_tokens: Optional[MediaTokens] = None,
-        context_factory: Optional[Callable[[str], TieredContext]] = None,
-    ) -> "TieredMemory":
-        """Accepts `ChatMemoryBuffer.from_defaults` arguments (`chat_history`, `llm`,
-        `chat_store_key`, `token_limit`, `tokenizer_fn`) and the tiered ones.
-
-        Core settings come from `config` (a `MemoryConfig`: summarizer, compression, any
-        store) or the shortcuts `path` / `store` / `embedder` / `counter` / `scoring` /
-        `compaction` / `working_set_tokens`; `context_factory(session_id)` (returns a
-        `TieredContext`) is still accepted. `token_limit` is this memory's hard limit
-        whatever the config's budget. `llm` sets the token limit to 75% of its context
-        window when `token_limit` is not given, and the tokenizer when its model name is a
-        known OpenAI / Llama 3 / Qwen model. `chat_store` is not supported (the archive is
-        the store): pass `path=` or `store=` instead. `embed_model` takes a LlamaIndex
-        `BaseEmbedding`.
-        """
-        check_seams(store=store, path=path, context_factory=context_factory, embedder=embed_model or embedder,
-                    counter=counter, config=config)
-        token_limit, counter = buffer_defaults(llm=llm, chat_store=chat_store, token_limit=token_limit,
-                                               tokenizer_fn=tokenizer_fn, counter=counter,
-                                               context_factory=context_factory or config)
-        return cls(
-            token_limit=token_limit,
-            session_id=session_id if session_id is not None else chat_store_key,
-            chat_store_key=chat_store_key,
-            user_id=user_id,
-            chat_history=chat_history,
-            tokenizer_fn=tokenizer_fn,
-            path=str(path) if path is not None else None,
-            store=store,
-            embedder=embed_model if embed_model is not None else embedder,
-            counter=counter,
-            scoring=scoring,
-            config=config,
-            compaction=Compaction(compaction).value,
-            recent_messages=recent_messages,
-            pin_system=pin_system,
-            start_with_user=start_with_user,
-            alternate=alternate,
-            in_place=in_place,
-            working_set_tokens=working_set_tokens,
-            media_tokens=media_tokens or MediaTokens(),
-            context_factory=context_factory,
-        )
-
-    def model_post_init(self, __context: Any) -> None:
-        check_id(self.session_id, name="session_id")
-        check_id(self.user_id, name="user_id", optional=True)
-        check_seams(store=self.store, path=self.path, context_factory=self.context_factory, embedder=self.embedder,
-                    counter=self.counter, config=self.config)
-        if not self.start_with_user:
-            warnings.warn("start_with_user=False has no effect: the first non-system message is always the user's "
-                          "(the conversation contract)", DeprecationWarning, stacklevel=3)
-        if self.context_factory is not None:
-            ctx = self.context_factory(self.session_id)
-            if not isinstance(ctx, TieredContext) or ctx.session_id != self.session_id:
-                raise ConfigError("context_factory(session_id) must return TieredContext(session_id=session_id, ...)")
-            self._owns_store = False
-        else:
-            ctx = TieredContext(config=self._config(), session_id=self.session_id, user_id=self.user_id)
-            # the memory opened its store itself (no store= / config.store given): it closes it
-            self._owns_store = self.store is None and (self.config is None or self.config.store is None)
-        self._ctx = ctx
-        self.store, self.counter, self.embedder = ctx.store, ctx.counter, ctx.embedder
-        if self.path is None and ctx.path is not None:
-            self.path = str(ctx.path)
-        if self.tokenizer_fn is None:
-            self.tokenizer_fn = SizedTokens(self.counter)
-        migrate_legacy(ctx, self.path)
-        self._load_history()
-        if self.chat_history:
-            initial, self.chat_history = list(self.chat_history), None
-            self.set(initial)
-        self.chat_history = None
-
-    def _config(self) -> MemoryConfig:
-        """The core settings, as one value: `config` (its budget sized to this memory) or
-        the shortcuts."""
-        session = self.session_id
-        if self.config is not None:
-            budget = self.config.budget
-            if self.working_set_tokens is not None or budget.max_tokens != self.token_limit:
-                budget = Budget(max_tokens=self.token_limit, working_set_tokens=self.working_set_tokens or budget.working_set_tokens,
-                                alert_at=budget.alert_at, compress_at=budget.compress_at, prune_at=budget.prune_at,
-                                compression_ratio=budget.compression_ratio, recent_items=self.recent_messages)
-            return self.config.replace(budget=budget)
-        return MemoryConfig(
-            path=Path(self.path) if self.path is not None else None,
-            store=self.store,
-            budget=Budget(max_tokens=self.token_limit, working_set_tokens=self.working_set_tokens, recent_items=self.recent_messages),
-            counter=self.counter or TokenCounter(),
-            embedder=as_core_embedder(self.embedder),
-            scoring=self.scoring,
-            compaction=self.compaction,
-            on_event=lambda event: emit_ladder(session, event),
-        )
 
     def _load_history(self) -> None:
         originals = sorted((i for i in self._ctx.store.items(self._ctx.namespace.key) if not i.is_derived), key=lambda i: i.seq)

@@ -5,7 +5,7 @@
 2. The *recall*: the core assembles the older history under what is left of the limit;
    its items (originals retrieved from the archive, compressed forms, summaries) become
    ONE labelled, dated, speaker-attributed block appended to the system message
-   (`_recall`). With ``in_place=True`` recalled originals and compressed forms go back
+   (`core.recalled_block`, the one format of both adapters). With ``in_place=True`` recalled originals and compressed forms go back
    as messages at their positions instead (the previous behaviour; summaries still go
    to the block).
 3. The conversation contract (`core.conversation.enforce`) over system + tail: ends with
@@ -27,9 +27,8 @@ try:
 except ImportError as exc:  # pragma: no cover
     raise missing_extra("llama-index-core", "llama-index") from exc
 
-from tiered_context.core import AssembledContext, ContextItem, Turn, current_exchange, enforce
+from tiered_context.core import AssembledContext, ContextItem, Turn, current_exchange, enforce, recalled_block
 from tiered_context.llama_index._convert import copy_message, item_to_message, message_text
-from tiered_context.llama_index._recall import RECALL_HEADER, render_recall
 
 if TYPE_CHECKING:  # pragma: no cover
     from tiered_context.llama_index._memory import TieredMemory
@@ -47,6 +46,9 @@ CUT_MARKER = " [… tool result cut to fit the context window]"
 RECENT_SHARE = 0.4
 #: Below this many tokens of room, no recall block is assembled.
 MIN_RECALL_TOKENS = 24
+#: Sizes the block's label: one line without a date (the core pays lines and day headers).
+_PROBE = ContextItem(id="_", text="x", role="user", timestamp=1.0)
+_PROBE_LINE = "user: x"
 
 
 def turn_role(message: ChatMessage) -> str:
@@ -215,16 +217,27 @@ class Selection:
         turns = self._system_turns(block or "") if system or block else []
         body = sorted(set(tail) | set(extra or []))
         turns += [self._turn(p, self.inplace.get(p), self._inplace_tokens(p)) for p in body]
-        return enforce(turns, budget=max(1, self.limit), alternate=self.m.alternate, cut=self._cut, merge=self._merge)
+        return enforce(turns, budget=max(1, self.limit), alternate=self.m.alternate, cut=self._cut, merge=self._merge,
+                       opener=self._opener)
+
+    def _opener(self, text: str) -> Turn:
+        """The leading user-role context message of a history with no user message (the
+        contract's opener: it says so, it never invents a request)."""
+        message = ChatMessage(role=MessageRole.USER, content=text)
+        return Turn("user", self.m.count_tokens([message]), payload=Entry((None,), message))
 
     def _inplace_tokens(self, p: int) -> Optional[int]:
         message = self.inplace.get(p)
         return None if message is None else self.m.count_tokens([message])
 
     def _block_overhead(self) -> int:
+        """What the block costs beyond its lines (the core pays the lines and day headers):
+        its label and tags, and the system message's framing when there is none to append to."""
+        label = recalled_block([_PROBE])
+        line = self.m.counter.count(_PROBE_LINE)
         if self.system:
-            return self.m.counter.count("\n\n" + RECALL_HEADER) + 2
-        return self.m.count_tokens([ChatMessage(role=MessageRole.SYSTEM, content=RECALL_HEADER)]) + 2
+            return self.m.counter.count("\n\n" + label) - line + 1
+        return self.m.count_tokens([ChatMessage(role=MessageRole.SYSTEM, content=label)]) - line + 1
 
     def _latest_user_text(self) -> str:
         for message in reversed(self.history):
@@ -253,7 +266,7 @@ class Selection:
             return None
         # what the block really costs (exact counts, marks, framing) against the room left:
         # assemble again with the difference rather than trim lines the core chose
-        block = render_recall(sorted(items, key=lambda i: (self._position(i) if self._position(i) is not None else -1, i.seq)))
+        block = recalled_block(sorted(items, key=lambda i: (self._position(i) if self._position(i) is not None else -1, i.seq)))
         cost = sum(t.tokens for t in self._system_turns(block)) - sum(t.tokens for t in self._system_turns(""))
         over = cost - (self.limit - self.base_tokens)
         if over > 0:
@@ -290,11 +303,11 @@ class Selection:
             items = block_items
             if extra:  # recalled messages the contract cannot send at any budget (orphans): out now
                 limit, self.limit = self.limit, 10**9
-                fits = {p for t in self._enforce(self.system, self.tail, render_recall(items), extra) for p in t.payload.positions}
+                fits = {p for t in self._enforce(self.system, self.tail, recalled_block(items), extra) for p in t.payload.positions}
                 self.limit = limit
                 extra = [p for p in extra if p in fits]
         while True:
-            block = render_recall(items)
+            block = recalled_block(items)
             turns = self._enforce(self.system, self.tail, block, extra)
             total = sum(t.tokens for t in turns)
             kept = {p for t in turns for p in t.payload.positions if p is not None}

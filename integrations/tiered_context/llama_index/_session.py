@@ -1,5 +1,6 @@
 """Session plumbing of `TieredMemory`: settings checks, `ChatMemoryBuffer`-style
-defaults, and reading the layout of the release before namespaces.
+defaults, and reading the layout of the release before namespaces; `MemorySetup`, its
+construction (`from_defaults`, `model_post_init`, the core `MemoryConfig`).
 
 Generations are the core's (`TieredContext.reset`, one archived marker). The release
 before kept generation ``n`` of a session under the raw key ``"<session_id>~<n>"`` and
@@ -11,26 +12,38 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
 
 from llama_index.core.base.llms.types import ChatMessage
+from llama_index.core.memory.types import DEFAULT_CHAT_STORE_KEY
 
 from tiered_context.core import (
+    Budget,
     ColdStore,
+    Compaction,
     ContextItem,
     Embedder,
     Kind,
+    MemoryConfig,
+    ScoringConfig,
     Tier,
     TieredContext,
     TokenCounter,
+    check_id,
     normalize,
     read_json,
 )
 from tiered_context.errors import ConfigError
+from tiered_context.llama_index._convert import MediaTokens, SizedTokens
+from tiered_context.llama_index._instrumentation import emit_ladder
 
-__all__ = ["BufferSerialization", "DEFAULT_TOKEN_LIMIT", "DEFAULT_TOKEN_LIMIT_RATIO", "legacy_generation", "migrate_legacy",
+if TYPE_CHECKING:
+    from tiered_context.llama_index._memory import TieredMemory
+
+__all__ = ["BufferSerialization", "MemorySetup", "DEFAULT_TOKEN_LIMIT", "DEFAULT_TOKEN_LIMIT_RATIO", "legacy_generation", "migrate_legacy",
            "check_seams", "buffer_defaults", "common_prefix", "stored_form", "as_core_embedder"]
 
 DEFAULT_TOKEN_LIMIT = 3000
@@ -184,3 +197,133 @@ def as_core_embedder(embedder: Any) -> Embedder:
 
         return LlamaIndexEmbedder(embedder)
     return embedder
+
+
+class MemorySetup:
+    """`TieredMemory`'s construction: `from_defaults` (`ChatMemoryBuffer.from_defaults`
+    arguments and the tiered ones), `model_post_init` (checks the settings, opens the
+    session's `TieredContext`, loads its history) and `_config` (the core settings as one
+    `MemoryConfig`). A mixin of `TieredMemory`, whose fields it reads."""
+
+    @classmethod
+    def from_defaults(  # type: ignore[override]
+        cls,
+        chat_history: Optional[List[ChatMessage]] = None,
+        llm: Optional[Any] = None,
+        chat_store: Optional[Any] = None,
+        chat_store_key: str = DEFAULT_CHAT_STORE_KEY,
+        token_limit: Optional[int] = None,
+        tokenizer_fn: Optional[Callable[[str], Any]] = None,
+        *,
+        session_id: Optional[str] = None,
+        user_id: Optional[str] = None,
+        path: Optional[Union[str, Path]] = None,
+        store: Optional[ColdStore] = None,
+        embedder: Optional[Any] = None,
+        embed_model: Optional[Any] = None,
+        counter: Optional[TokenCounter] = None,
+        scoring: Optional[ScoringConfig] = None,
+        config: Optional[MemoryConfig] = None,
+        compaction: Union[Compaction, str] = Compaction.BACKGROUND,
+        recent_messages: int = 2,
+        pin_system: bool = True,
+        start_with_user: bool = True,
+        alternate: bool = False,
+        in_place: bool = False,
+        working_set_tokens: Optional[int] = None,
+        media_tokens: Optional[MediaTokens] = None,
+        context_factory: Optional[Callable[[str], TieredContext]] = None,
+    ) -> "TieredMemory":
+        """Accepts `ChatMemoryBuffer.from_defaults` arguments (`chat_history`, `llm`,
+        `chat_store_key`, `token_limit`, `tokenizer_fn`) and the tiered ones.
+
+        Core settings come from `config` (a `MemoryConfig`: summarizer, compression, any
+        store) or the shortcuts `path` / `store` / `embedder` / `counter` / `scoring` /
+        `compaction` / `working_set_tokens`; `context_factory(session_id)` (returns a
+        `TieredContext`) is still accepted. `token_limit` is this memory's hard limit
+        whatever the config's budget. `llm` sets the token limit to 75% of its context
+        window when `token_limit` is not given, and the tokenizer when its model name is a
+        known OpenAI / Llama 3 / Qwen model. `chat_store` is not supported (the archive is
+        the store): pass `path=` or `store=` instead. `embed_model` takes a LlamaIndex
+        `BaseEmbedding`.
+        """
+        check_seams(store=store, path=path, context_factory=context_factory, embedder=embed_model or embedder,
+                    counter=counter, config=config)
+        token_limit, counter = buffer_defaults(llm=llm, chat_store=chat_store, token_limit=token_limit,
+                                               tokenizer_fn=tokenizer_fn, counter=counter,
+                                               context_factory=context_factory or config)
+        return cls(
+            token_limit=token_limit,
+            session_id=session_id if session_id is not None else chat_store_key,
+            chat_store_key=chat_store_key,
+            user_id=user_id,
+            chat_history=chat_history,
+            tokenizer_fn=tokenizer_fn,
+            path=str(path) if path is not None else None,
+            store=store,
+            embedder=embed_model if embed_model is not None else embedder,
+            counter=counter,
+            scoring=scoring,
+            config=config,
+            compaction=Compaction(compaction).value,
+            recent_messages=recent_messages,
+            pin_system=pin_system,
+            start_with_user=start_with_user,
+            alternate=alternate,
+            in_place=in_place,
+            working_set_tokens=working_set_tokens,
+            media_tokens=media_tokens or MediaTokens(),
+            context_factory=context_factory,
+        )
+
+    def model_post_init(self, __context: Any) -> None:
+        check_id(self.session_id, name="session_id")
+        check_id(self.user_id, name="user_id", optional=True)
+        check_seams(store=self.store, path=self.path, context_factory=self.context_factory, embedder=self.embedder,
+                    counter=self.counter, config=self.config)
+        if not self.start_with_user:
+            warnings.warn("start_with_user=False has no effect: the first non-system message is always the user's "
+                          "(the conversation contract)", DeprecationWarning, stacklevel=3)
+        if self.context_factory is not None:
+            ctx = self.context_factory(self.session_id)
+            if not isinstance(ctx, TieredContext) or ctx.session_id != self.session_id:
+                raise ConfigError("context_factory(session_id) must return TieredContext(session_id=session_id, ...)")
+            self._owns_store = False
+        else:
+            ctx = TieredContext(config=self._config(), session_id=self.session_id, user_id=self.user_id)
+            # the memory opened its store itself (no store= / config.store given): it closes it
+            self._owns_store = self.store is None and (self.config is None or self.config.store is None)
+        self._ctx = ctx
+        self.store, self.counter, self.embedder = ctx.store, ctx.counter, ctx.embedder
+        if self.path is None and ctx.path is not None:
+            self.path = str(ctx.path)
+        if self.tokenizer_fn is None:
+            self.tokenizer_fn = SizedTokens(self.counter)
+        migrate_legacy(ctx, self.path)
+        self._load_history()
+        if self.chat_history:
+            initial, self.chat_history = list(self.chat_history), None
+            self.set(initial)
+        self.chat_history = None
+
+    def _config(self) -> MemoryConfig:
+        """The core settings, as one value: `config` (its budget sized to this memory) or
+        the shortcuts."""
+        session = self.session_id
+        if self.config is not None:
+            budget = self.config.budget
+            if self.working_set_tokens is not None or budget.max_tokens != self.token_limit:
+                budget = Budget(max_tokens=self.token_limit, working_set_tokens=self.working_set_tokens or budget.working_set_tokens,
+                                alert_at=budget.alert_at, compress_at=budget.compress_at, prune_at=budget.prune_at,
+                                compression_ratio=budget.compression_ratio, recent_items=self.recent_messages)
+            return self.config.replace(budget=budget)
+        return MemoryConfig(
+            path=Path(self.path) if self.path is not None else None,
+            store=self.store,
+            budget=Budget(max_tokens=self.token_limit, working_set_tokens=self.working_set_tokens, recent_items=self.recent_messages),
+            counter=self.counter or TokenCounter(),
+            embedder=as_core_embedder(self.embedder),
+            scoring=self.scoring,
+            compaction=self.compaction,
+            on_event=lambda event: emit_ladder(session, event),
+        )

@@ -109,20 +109,27 @@ class ClientConnection:
 class ClientCollection:
     def __init__(self, conn: ClientConnection, spec: CollectionSpec) -> None:
         self.conn, self.spec, self.dim, self.name = conn, spec, spec.dim, spec.name
+        strong = spec.strong and conn.engine == "server"
+        self._ordering = {"ordering": qm.WriteOrdering.STRONG} if strong else {}
+        self._consistency = {"consistency": qm.ReadConsistencyType.MAJORITY} if strong else {}
         client = conn.client
         if not conn.call("read collections", lambda: client.collection_exists(spec.name)):
-            conn.call("create the collection", lambda: client.create_collection(
-                spec.name,
-                vectors_config={DENSE: qm.VectorParams(size=spec.dim, distance=qm.Distance.DOT)},
-                sparse_vectors_config={SPARSE: qm.SparseVectorParams()} if spec.sparse else None,
-                hnsw_config=qm.HnswConfigDiff(m=0, payload_m=16),
-                metadata=spec.meta(),
-            ))
-        else:
-            info = conn.call("read the collection", lambda: client.get_collection(spec.name))
-            size = info.config.params.vectors[DENSE].size  # stored_meta() checked the layout
-            if size != spec.dim:
-                raise StoreError(f"collection {spec.name!r} at {conn.where} holds {size}-d vectors, not {spec.dim}-d")
+            try:
+                conn.call("create the collection", lambda: client.create_collection(
+                    spec.name,
+                    vectors_config={DENSE: qm.VectorParams(size=spec.dim, distance=qm.Distance.DOT)},
+                    sparse_vectors_config={SPARSE: qm.SparseVectorParams()} if spec.sparse else None,
+                    hnsw_config=qm.HnswConfigDiff(m=0, payload_m=16),
+                    metadata=spec.meta(),
+                    **({"shard_number": spec.shards} if spec.shards and conn.engine == "server" else {}),
+                ))
+            except StoreError:  # another worker created it first: use theirs (checked below)
+                if not conn.call("read collections", lambda: client.collection_exists(spec.name)):
+                    raise
+        info = conn.call("read the collection", lambda: client.get_collection(spec.name))
+        size = info.config.params.vectors[DENSE].size  # stored_meta() checked the layout (or we made it)
+        if size != spec.dim:
+            raise StoreError(f"collection {spec.name!r} at {conn.where} holds {size}-d vectors, not {spec.dim}-d")
         schema = conn.call("read the collection", lambda: client.get_collection(spec.name)).payload_schema or {}
         wanted: list[tuple[str, Any]] = [(TENANT_FIELD, qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD,
                                                                                is_tenant=True))]
@@ -137,22 +144,32 @@ class ClientCollection:
                     conn.call("create a payload index", lambda f=field, s=schema_type: client.create_payload_index(
                         spec.name, f, field_schema=s, wait=True))
 
-    def upsert(self, points: Sequence[PointData]) -> None:
+    def upsert(self, points: Sequence[PointData], *, insert_only: bool = False) -> None:
+        """Write `points` (one request, acknowledged when applied). `insert_only`: a point
+        that already exists keeps its content (Qdrant >= 1.17 ``update_mode=insert_only``):
+        the first writer of a point id wins, what the commit log's claims rely on."""
         if not points:
             return
         native = [qm.PointStruct(id=p.id, vector=self._vectors(p.dense, p.sparse), payload=p.payload) for p in points]
-        self.conn.call("write", lambda: self.conn.client.upsert(self.name, native, wait=True))
+        mode = {"update_mode": qm.UpdateMode.INSERT_ONLY} if insert_only else {}
+        self.conn.call("write", lambda: self.conn.client.upsert(self.name, native, wait=True, **mode, **self._ordering))
 
     def set_sparse(self, updates: Sequence[tuple[str, tuple[list[int], list[float]]]]) -> None:
         if not updates:
             return
         native = [qm.PointVectors(id=pid, vector={SPARSE: qm.SparseVector(indices=list(i), values=list(v))})
                   for pid, (i, v) in updates]
-        self.conn.call("write", lambda: self.conn.client.update_vectors(self.name, native, wait=True))
+        self.conn.call("write", lambda: self.conn.client.update_vectors(self.name, native, wait=True, **self._ordering))
 
     def delete(self, scope: Scope) -> None:
         selector = qm.FilterSelector(filter=_filter(scope))
-        self.conn.call("delete", lambda: self.conn.client.delete(self.name, points_selector=selector, wait=True))
+        self.conn.call("delete", lambda: self.conn.client.delete(self.name, points_selector=selector, wait=True,
+                                                                 **self._ordering))
+
+    def set_payload(self, scope: Scope, payload: dict[str, Any]) -> None:
+        selector = qm.FilterSelector(filter=_filter(scope))
+        self.conn.call("write", lambda: self.conn.client.set_payload(self.name, payload, points=selector, wait=True,
+                                                                     **self._ordering))
 
     def query(self, queries: Sequence[Query]) -> list[list[Record]]:
         requests = [self._request(q) for q in queries]
@@ -161,10 +178,13 @@ class ClientCollection:
                 [Record(str(p.id) if q.with_ids else "", {}, score=float(p.score)) for p in r.points] for q, r in zip(queries, found)]
 
     def scroll(self, scope: Scope, *, limit: int, offset: Any = None, with_vectors: bool | list[str] = False,
-               with_payload: bool | list[str] = True) -> tuple[list[Record], Any]:
+               with_payload: bool | list[str] = True, order_by: tuple[str, str] | None = None) -> tuple[list[Record], Any]:
+        """A page of `scope`; `order_by` = (integer field, "asc" | "desc"): the page in that
+        order (the field needs a range index; no `offset` then)."""
+        order = {"order_by": qm.OrderBy(key=order_by[0], direction=qm.Direction(order_by[1]))} if order_by else {}
         points, nxt = self.conn.call("scroll", lambda: self.conn.client.scroll(
             self.name, scroll_filter=_filter(scope), limit=limit, offset=offset,
-            with_payload=with_payload, with_vectors=with_vectors))
+            with_payload=with_payload, with_vectors=with_vectors, **order, **self._consistency))
         return [_record(p) for p in points], nxt
 
     def count(self, scope: Scope) -> int:

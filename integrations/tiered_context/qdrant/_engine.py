@@ -69,6 +69,11 @@ class CollectionSpec:
     integer_fields: tuple[str, ...] = ()
     float_fields: tuple[str, ...] = ()
     bool_fields: tuple[str, ...] = ()
+    #: a server collection's shard count (None: the server's default); the commit log uses 1
+    shards: int | None = None
+    #: linearizable per point on a cluster: writes ordered through the shard leader
+    #: (``ordering=strong``), reads from a majority of replicas (the commit log's claims)
+    strong: bool = False
 
     def meta(self) -> dict[str, Any]:
         return {META_KEY: {"schema": SCHEMA_VERSION, "kind": self.kind, "dim": self.dim, "distance": "dot",
@@ -140,7 +145,7 @@ class Collection(Protocol):
 
     dim: int
 
-    def upsert(self, points: Sequence[PointData]) -> None: ...
+    def upsert(self, points: Sequence[PointData], *, insert_only: bool = False) -> None: ...
 
     def set_sparse(self, updates: Sequence[tuple[str, tuple[list[int], list[float]]]]) -> None: ...
 

@@ -65,6 +65,7 @@ class TenantStats:
         self.douter = np.zeros((dim, dim), dtype=np.float64)
         self.weighted_at = 0  # n when the stored weights were last made uniform
         self.weighted_avgdl = 0.0
+        self.pos = 0  # a shared store: the commit-log position these statistics reflect
 
     # -- updates -------------------------------------------------------------------
     def avgdl(self, extra_len: int = 0, extra_n: int = 0) -> float:

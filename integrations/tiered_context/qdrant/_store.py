@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from tiered_context.core import ContextItem, Hit, SearchResult, SignalStats, normalize, terms
+from tiered_context.core import ContextItem, SearchResult, normalize, terms
 from tiered_context.errors import ConfigError, DuplicateItemError, StoreError
+from tiered_context.qdrant import _search
 from tiered_context.qdrant._connect import connect
-from tiered_context.qdrant._engine import CollectionSpec, Engine, FusionMode, PointData, Query, Record
+from tiered_context.qdrant._engine import CollectionSpec, Engine, FusionMode, PointData, Record
 from tiered_context.qdrant._payload import doc_terms, from_payload, to_payload
 from tiered_context.qdrant._state import WRITE_BATCH, scroll_all, shared_state
 from tiered_context.qdrant._stats import TenantStats, doc_weights
@@ -49,6 +50,13 @@ class QdrantColdStore:
     ``Engine.SERVER`` (implied by ``url=``). Stores on one path in one process share
     the engine; another process on the same path is refused (run a server instead).
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> QdrantColdStore:
+        if cls is QdrantColdStore and kwargs.get("url") is not None:  # a server: many workers share it
+            from tiered_context.qdrant._shared import SharedQdrantColdStore
+
+            cls = SharedQdrantColdStore
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -148,20 +156,30 @@ class QdrantColdStore:
             sparse = [doc_weights(t, avgdl) for t in toks]
             points = [PointData(point_id(tenant, item.id), u, sp, to_payload(tenant, item, len(t)))
                       for (item, _), u, sp, t in zip(fresh, unit, sparse, toks)]
-            step = WRITE_BATCH if self.engine == Engine.SERVER else len(points)
-            for start in range(0, len(points), step):  # embedded: one atomic write
-                coll.upsert(points[start:start + step])
-            self._state.remember(tenant, [from_payload(p.payload) for p in points])  # as a read returns it
+            self._write(tenant, coll, points)
             self._lengths[0] += batch_len
             self._lengths[1] += len(toks)
             if stats is not None:
-                stats.add(unit, [dict(zip(*sp)) for sp in sparse], [len(t) for t in toks])
-                if stats.reweight_due():
-                    try:
-                        self._reweight(tenant, stats)
-                    except StoreError as exc:  # the batch is stored: `add` must not say otherwise
-                        self._stats.pop(tenant, None)  # maybe half reweighted: rebuilt from Qdrant on next use
-                        log.warning("BM25 reweighting of tenant %r postponed (%s)", tenant, exc)
+                self._fold(tenant, stats, unit, [dict(zip(*sp)) for sp in sparse], [len(t) for t in toks])
+
+    def _write(self, tenant: str, coll: Any, points: list[PointData]) -> None:
+        """Make `points` durable (embedded: one atomic write; a server: requests of at most
+        `WRITE_BATCH` points) and remember them as a read returns them."""
+        step = WRITE_BATCH if self.engine == Engine.SERVER else len(points)
+        for start in range(0, len(points), step):
+            coll.upsert(points[start:start + step])
+        self._state.remember(tenant, [from_payload(p.payload) for p in points])
+
+    def _fold(self, tenant: str, stats: TenantStats, unit: np.ndarray, sparse: list[dict[int, float]],
+              lengths: list[int]) -> None:
+        """Add this process's write to the tenant's statistics (and re-weight a young tenant)."""
+        stats.add(unit, sparse, lengths)
+        if stats.reweight_due():
+            try:
+                self._reweight(tenant, stats)
+            except StoreError as exc:  # the batch is stored: `add` must not say otherwise
+                self._stats.pop(tenant, None)  # maybe half reweighted: rebuilt from Qdrant on next use
+                log.warning("BM25 reweighting of tenant %r postponed (%s)", tenant, exc)
 
     async def aadd(self, tenant: str, items: Sequence[ContextItem], vectors: np.ndarray) -> None:
         await asyncio.to_thread(self.add, tenant, items, vectors)
@@ -254,51 +272,8 @@ class QdrantColdStore:
         """Hybrid candidates for `query` within `tenant` (optionally only some tiers,
         roles, or a time range), each with raw BM25 and cosine parts, and the statistics
         of both signals over the tenant's whole collection."""
-        where = scope(tenant, tiers=tiers, roles=roles, since=since, until=until)
-        if self._coll is None or limit <= 0:
-            return SearchResult([], SignalStats())
-        q = normalize(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
-        if q.shape[0] != self._coll.dim:
-            raise StoreError(f"query vector has dim {q.shape[0]} but the collection holds {self._coll.dim}-d vectors")
-        with self._lock:
-            stats = self._tenant_stats(tenant)
-            if stats.n == 0:
-                return SearchResult([], SignalStats())
-            idf = stats.idf(terms(query))
-            matches = stats.query_matches(idf)
-        sparse = (list(idf), list(idf.values())) if idf else None
-        queries: list[Query] = []
-        if self.fusion == FusionMode.UNION or sparse is None:
-            queries.append(Query(where, limit, dense=q))
-            if sparse is not None:
-                queries.append(Query(where, limit, sparse=sparse))
-        else:
-            queries.append(Query(where, limit, dense=q, sparse=sparse, fusion=self.fusion))
-        exact = sparse is not None and 0 < matches <= self.exact_stats_limit
-        if exact:  # every matching document's score: exact BM25 mean and std
-            queries.append(Query(scope(tenant), matches, sparse=sparse, with_payload=False, with_ids=False))
-        found = self._coll.query(queries)
-        matched = np.array([r.score for r in found.pop()], dtype=np.float64) if exact else None
-        items: dict[str, ContextItem] = {}
-        for batch in found:
-            for r in batch:
-                if r.id not in items:
-                    items[r.id] = from_payload(r.payload)
-        self._state.remember(tenant, list(items.values()))
-        # UNION: each hit already has the part of the search that found it; fetch the other
-        cos = {items[r.id].id: r.score for r in found[0]} if len(found) == 2 or sparse is None else {}
-        bm = {items[r.id].id: r.score for r in found[1]} if len(found) == 2 else {}
-        ids = [i.id for i in items.values()]
-        more_cos, more_bm = self._scores(tenant, q, sparse, [i for i in ids if i not in cos],
-                                         [i for i in ids if i not in bm] if sparse is not None else [])
-        cos.update(more_cos)
-        bm.update(more_bm)
-        parts = {i: (float(bm.get(i, 0.0)), float(cos.get(i, 0.0))) for i in ids}
-        self._state.memo_for(self._memo_key(tenant, q, sparse)).update(parts)  # the assembler's score() call reuses them
-        hits = [Hit(i, *parts[i.id]) for i in items.values()]
-        with self._lock:
-            signal = stats.signal_stats(q, idf, matched)
-        return SearchResult(sorted(hits, key=lambda h: (h.item.seq, h.item.id)), signal)
+        return _search.search(self, tenant, query, vector, limit=limit, tiers=tiers, roles=roles, since=since,
+                              until=until)
 
     async def asearch(self, tenant: str, query: str, vector: np.ndarray, *, limit: int, **filters: Any) -> SearchResult:
         return await asyncio.to_thread(lambda: self.search(tenant, query, vector, limit=limit, **filters))
@@ -312,7 +287,7 @@ class QdrantColdStore:
         q = normalize(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
         with self._lock:
             idf = self._tenant_stats(tenant).idf(terms(query))
-        return self._parts(tenant, q, (list(idf), list(idf.values())) if idf else None, ids)
+        return _search.parts(self, tenant, q, (list(idf), list(idf.values())) if idf else None, ids)
 
     async def ascore(self, tenant: str, query: str, vector: np.ndarray, ids: Iterable[str]) -> dict[str, tuple[float, float]]:
         return await asyncio.to_thread(self.score, tenant, query, vector, list(ids))
@@ -426,41 +401,3 @@ class QdrantColdStore:
             return []
         return [from_payload(r.payload) for r in self._records(where, limit=limit)]
 
-    def _memo_key(self, tenant: str, q: np.ndarray, sparse: tuple[list[int], list[float]] | None) -> tuple:
-        stats = self._stats.get(tenant)  # a write changes n, a delete the object: a new key
-        return (tenant, q.tobytes(), None if sparse is None else tuple(sparse[1]), id(stats), stats and stats.n)
-
-    def _parts(self, tenant: str, q: np.ndarray, sparse: tuple[list[int], list[float]] | None,
-               ids: list[str]) -> dict[str, tuple[float, float]]:
-        """(bm25, cosine) of `ids`, computed inside Qdrant (only ids and scores move)."""
-        unique = list(dict.fromkeys(ids))
-        if not unique:
-            return {}
-        memo = self._state.memo_for(self._memo_key(tenant, q, sparse))
-        todo = [i for i in unique if i not in memo]
-        if todo:
-            cos, bm = self._scores(tenant, q, sparse, todo, todo if sparse is not None else [])
-            memo.update((i, (float(bm.get(i, 0.0)), float(cos[i]))) for i in todo if i in cos)
-        return {i: memo[i] for i in unique if i in memo}
-
-    def _scores(self, tenant: str, q: np.ndarray, sparse: tuple[list[int], list[float]] | None,
-                cos_ids: list[str], bm_ids: list[str]) -> tuple[dict[str, float], dict[str, float]]:
-        """Cosine of `cos_ids` (an exact dense search restricted to them; every one that
-        exists comes back) and BM25 of `bm_ids` (a sparse search restricted to them; the
-        ones without a query term are absent = 0), in one request, by item id."""
-        queries, backs = [], []
-        for ids, kind in ((cos_ids, "dense"), (bm_ids, "sparse")):
-            if not ids:
-                continue
-            where = scope(tenant, ids=ids)
-            assert where.point_ids is not None
-            backs.append((kind, dict(zip(where.point_ids, ids))))
-            if kind == "dense":
-                queries.append(Query(where, len(ids), dense=q, with_payload=False, exact=True))
-            else:
-                queries.append(Query(where, len(ids), sparse=sparse, with_payload=False))
-        out: dict[str, dict[str, float]] = {"dense": {}, "sparse": {}}
-        if queries:
-            for (kind, back), records in zip(backs, self._coll.query(queries)):
-                out[kind] = {back[r.id]: r.score for r in records if r.id in back}
-        return out["dense"], out["sparse"]
