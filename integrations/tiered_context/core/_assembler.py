@@ -244,12 +244,11 @@ class ContextAssembler(Packer):
         # the query names a speaker ("What did Melanie paint?", "What did C think about X?"):
         # relevant items that speaker said gain (her own turns rarely contain her name)
         boost = self.scorer.config.speaker_boost
-        named = speakers_named(q.text, {w for i in ids if (w := _who(units[i].origin))}) if boost else set()
-        if named:
-            for i in ids:
-                u = units[i]
-                if u.parts.relevance > 0 and _who(u.origin) in named:
-                    u.value *= 1.0 + boost
+        who = {i: w for i in ids if (w := _who(units[i].origin)) is not None} if boost else {}
+        named = speakers_named(q.text, set(who.values())) if who else set()
+        for i, w in who.items():
+            if w in named and units[i].parts.relevance > 0:
+                units[i].value *= 1.0 + boost
         # a relative date in the query ("two weeks ago", "last Saturday"), seen from when the
         # query is asked (only when the caller says so): relevant items from that span gain
         boost = self.scorer.config.time_match_boost

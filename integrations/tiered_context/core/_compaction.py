@@ -32,7 +32,7 @@ import queue
 import threading
 from collections import OrderedDict
 from time import monotonic as _now
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -58,6 +58,53 @@ RETRY_AFTER_ITEMS = 16
 #: its own (seconds): long enough for an LLM summary, short enough not to hang a shutdown.
 DEFAULT_SETTLE_TIMEOUT = 120.0
 _RANK = {level: rank for rank, level in enumerate(LadderLevel)}
+
+
+class _Working(OrderedDict):
+    """The working set (origin id -> current form) keeping the sum of its items' tokens, so
+    the ladder reads it per put in O(1) instead of re-adding thousands of items."""
+
+    def __init__(self, pairs: Iterable[tuple[str, ContextItem]] = ()) -> None:
+        super().__init__()
+        self.total = 0
+        for key, item in pairs:
+            self[key] = item
+
+    def __setitem__(self, key: str, item: ContextItem) -> None:
+        old = super().get(key)
+        super().__setitem__(key, item)
+        self.total += item.tokens - (old.tokens if old is not None else 0)
+
+    def __delitem__(self, key: str) -> None:
+        self.total -= super().__getitem__(key).tokens
+        super().__delitem__(key)
+
+    def pop(self, key: str, *default: object) -> object:  # type: ignore[override]
+        if key in self:
+            item = super().__getitem__(key)
+            self.__delitem__(key)
+            return item
+        if default:
+            return default[0]
+        raise KeyError(key)
+
+    def popitem(self, last: bool = True) -> tuple[str, ContextItem]:  # type: ignore[override]
+        key, item = super().popitem(last)
+        self.total -= item.tokens
+        return key, item
+
+    def clear(self) -> None:
+        super().clear()
+        self.total = 0
+
+    def update(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+        for key, item in dict(*args, **kwargs).items():
+            self[key] = item
+
+    def setdefault(self, key: str, default: ContextItem) -> ContextItem:  # type: ignore[override]
+        if key not in self:
+            self[key] = default
+        return super().__getitem__(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +179,7 @@ class Ladder(Summaries):
         self._checkpoint_keys = [k for k in (namespace.with_kind(Kind.CHECKPOINTS).key,
                                              namespace.with_kind(Kind.CHECKPOINTS).legacy_key()) if k]
         self._next_seq = 0
-        self._working: OrderedDict[str, ContextItem] = OrderedDict()  # origin id -> current form
+        self._working = _Working()  # origin id -> current form, with their token total
         self._frontier: list[ContextItem] = []  # live summaries: not superseded, not merged upward
         self._backlog: list[ContextItem] = []  # retired originals waiting to be summarized
         self._summarized: set[str] = set()  # originals already folded into a summary
@@ -232,7 +279,7 @@ class Ladder(Summaries):
     @property
     def tokens(self) -> int:
         """Tokens of the working set (L1 and L2), what the ladder keeps under budget."""
-        return sum(i.tokens for i in self._working.values())
+        return self._working.total
 
     # -- the ladder ----------------------------------------------------------------------
     def _ladder(self) -> None:
@@ -428,7 +475,7 @@ class Ladder(Summaries):
         except Exception as exc:
             log.warning("compressed forms could not be made again (%s); %d items resume verbatim", exc, len(compress))
             forms = []
-        self._working = OrderedDict((o, originals[o]) for o, _ in saved.working)
+        self._working = _Working((o, originals[o]) for o, _ in saved.working)
         self._working.update((f.origin_ids[0], f) for f in forms)
         self._frontier = frontier
         self._summarized = {o for s in frontier for o in s.source_ids}
