@@ -276,6 +276,7 @@ EXPECTED_ALL: dict[str, list[str]] = {
         "decode_record",
         "encode_record",
         "enforce",
+        "fsync_dir",
         "header",
         "move_aside",
         "normalize",
@@ -288,6 +289,7 @@ EXPECTED_ALL: dict[str, list[str]] = {
         "speaker",
         "terms",
         "to_timestamp",
+        "write_atomic",
         "write_json_atomic",
     ],
     "tiered_context.errors": [
@@ -529,6 +531,9 @@ ALLOWED_PRIVATE: dict[str, list[str]] = {
     ],
     "tests/integration/test_postgres_store.py": [
         "tiered_context.postgres._moments",
+    ],
+    "tests/integration/test_qdrant_index_build.py": [
+        "tiered_context.qdrant._indexer",
     ],
     "tests/integration/test_qdrant_store.py": [
         "tiered_context.langchain._cache",

@@ -22,7 +22,7 @@ from tiered_context.core._conversation import (
     enforce,
     recalled_block,
 )
-from tiered_context.core._durable import move_aside, read_json, write_json_atomic
+from tiered_context.core._durable import fsync_dir, move_aside, read_json, write_atomic, write_json_atomic
 from tiered_context.core._embed import Embedder, MiniLMEmbedder, WordLlamaEmbedder, WrappedEmbedder, normalize
 from tiered_context.core._enums import Compaction, Compression, StoreKind
 from tiered_context.core._facts import Fact, FactCheck, check_facts
@@ -110,6 +110,7 @@ __all__ = [
     "decode_record",
     "encode_record",
     "enforce",
+    "fsync_dir",
     "header",
     "move_aside",
     "normalize",
@@ -122,5 +123,6 @@ __all__ = [
     "speaker",
     "terms",
     "to_timestamp",
+    "write_atomic",
     "write_json_atomic",
 ]

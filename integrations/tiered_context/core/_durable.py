@@ -24,7 +24,7 @@ from typing import Any
 
 from tiered_context.errors import StoreError
 
-__all__ = ["move_aside", "read_json", "write_atomic", "write_json_atomic"]
+__all__ = ["fsync_dir", "move_aside", "read_json", "write_atomic", "write_json_atomic"]
 
 log = logging.getLogger("tiered_context")
 
@@ -42,7 +42,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp_name, target)
         tmp_name = None
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except OSError as exc:
         raise StoreError(
             f"cannot write {target}: {exc.strerror or exc}; free disk space or pass a writable path= "
@@ -93,13 +93,14 @@ def move_aside(source: Path) -> Path:
         n += 1
     try:
         os.replace(source, aside)
-        _fsync_dir(source.parent)
+        fsync_dir(source.parent)
     except OSError as exc:
         raise StoreError(f"{source} is damaged and cannot be moved aside ({exc}); move or delete it by hand") from exc
     return aside
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """fsync `directory` so that a rename in it survives a power cut (a no-op where unsupported)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

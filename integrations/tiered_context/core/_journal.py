@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tiered_context.core._durable import _fsync_dir
+from tiered_context.core._durable import fsync_dir
 from tiered_context.core._items import ContextItem, Tier
 from tiered_context.errors import StoreError
 
@@ -82,7 +82,7 @@ class _Journal:
                 "close that one first, share one store object between sessions, or give each process its own path="
             ) from exc
         self._closer = weakref.finalize(self, os.close, self._fd)  # a store dropped unclosed releases the lock
-        _fsync_dir(file.parent)  # the file itself survives a power cut
+        fsync_dir(file.parent)  # the file itself survives a power cut
         self._end = os.fstat(self._fd).st_size  # where the last append ends
         self._cv = threading.Condition()
         self._flight: list[_Ticket] = []  # written, not yet acknowledged or failed, in file order

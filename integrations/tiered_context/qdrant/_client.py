@@ -191,9 +191,6 @@ class ClientCollection:
         res = self.conn.call("count", lambda: self.conn.client.count(self.name, count_filter=_filter(scope), exact=True))
         return int(res.count)
 
-    def optimize(self) -> bool:
-        return False  # local mode has no index; a server optimises in the background
-
     def close(self) -> None:
         pass
 

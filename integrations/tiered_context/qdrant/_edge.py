@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,12 +36,20 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 
     raise missing_extra("qdrant-edge-py", "qdrant") from exc
 
+from tiered_context.core import fsync_dir
 from tiered_context.errors import StoreError
+from tiered_context.qdrant import _indexer
 from tiered_context.qdrant._engine import (DENSE, SPARSE, CollectionSpec, FusionMode, PointData, Query, Record, record_from_point as _record,
                                            check_meta, dumps_meta)
 from tiered_context.qdrant._tenancy import TENANT_FIELD, Scope, require
 
-__all__ = ["MIN_FREE_BYTES", "EdgeConnection", "free_bytes"]
+log = logging.getLogger("tiered_context")
+
+__all__ = ["INDEX_AFTER", "MIN_FREE_BYTES", "EdgeConnection", "free_bytes"]
+
+#: Unindexed points that start a background HNSW build (`qdrant._indexer`): below it an
+#: exact scan of the unindexed part costs a few ms; None turns automatic builds off.
+INDEX_AFTER = 50_000
 
 #: Free space an embedded write must leave on the store's filesystem (it checks for this
 #: plus its own size, counted twice: once in the write-ahead log, once in a segment). The
@@ -116,6 +125,10 @@ class EdgeCollection:
     def __init__(self, folder: Path, spec: CollectionSpec) -> None:
         self.folder, self.spec, self.dim = folder, spec, spec.dim
         self._lock = threading.RLock()
+        self.index_after: int | None = INDEX_AFTER
+        self._build: _indexer.IndexBuild | None = None
+        self._replay: list[Any] | None = None  # updates taken while a build runs, replayed into it
+        self._unindexed = 0
         shard_dir = folder / "shard"
         meta = folder / "meta.json"
         where = f"collection {spec.name!r} in {folder.parent}"
@@ -130,7 +143,8 @@ class EdgeCollection:
                 tmp.write_text(dumps_meta(spec))
                 _fsync_file(tmp)
                 os.replace(tmp, meta)
-                _fsync_dir(folder)
+                fsync_dir(folder)
+            _indexer.recover(folder)
             if (shard_dir / "edge_config.json").exists():
                 self._shard = qe.EdgeShard.load(str(shard_dir))
                 vectors = self._shard_config_dim(shard_dir)
@@ -140,6 +154,8 @@ class EdgeCollection:
                 self._check_space(0)
                 self._shard = qe.EdgeShard.create(str(shard_dir), self._config(spec))
             self._ensure_indexes(spec)
+            info = self._shard.info()
+            self._unindexed = max(0, info.points_count - info.indexed_vectors_count)
         except StoreError:
             raise
         except (OSError, ValueError, RuntimeError, Exception) as exc:  # noqa: BLE001 - engine errors are untyped
@@ -175,7 +191,7 @@ class EdgeCollection:
         for name, schema in wanted:
             if name not in have:
                 self._check_space(0)
-                self._shard.update(qe.UpdateOperation.create_field_index(name, schema))
+                self._update(qe.UpdateOperation.create_field_index(name, schema), "index")
         self._sync()
 
     # -- writes ------------------------------------------------------------------------
@@ -185,8 +201,10 @@ class EdgeCollection:
         native = [qe.Point(p.id, self._vectors(p.dense, p.sparse), p.payload) for p in points]
         with self._lock:
             self._check_space(2 * sum(_size(p) for p in points))  # into the log, then a segment
-            self._call(lambda: self._shard.update(qe.UpdateOperation.upsert_points(native)), "write")
+            self._update(qe.UpdateOperation.upsert_points(native), "write")
             self._sync()
+            self._unindexed += len(native)
+            self._maybe_index()
 
     def set_sparse(self, updates: Sequence[tuple[str, tuple[list[int], list[float]]]]) -> None:
         if not updates:
@@ -194,14 +212,14 @@ class EdgeCollection:
         native = [qe.PointVectors(pid, {SPARSE: qe.SparseVector(list(i), list(v))}) for pid, (i, v) in updates]
         with self._lock:
             self._check_space(2 * sum(64 + 8 * len(i) for _, (i, _) in updates))
-            self._call(lambda: self._shard.update(qe.UpdateOperation.update_vectors(native)), "write")
+            self._update(qe.UpdateOperation.update_vectors(native), "write")
             self._sync()
 
     def delete(self, scope: Scope) -> None:
         flt = _filter(scope)
         with self._lock:
             self._check_space(0)
-            self._call(lambda: self._shard.update(qe.UpdateOperation.delete_points_by_filter(flt)), "delete")
+            self._update(qe.UpdateOperation.delete_points_by_filter(flt), "delete")
             self._sync()
 
     # -- reads -------------------------------------------------------------------------
@@ -229,15 +247,38 @@ class EdgeCollection:
         with self._lock:
             self._call(self._shard.flush, "flush")
 
-    def optimize(self) -> bool:
-        """Build HNSW / merge segments now (blocks the process while it runs)."""
+    def optimize(self, *, wait: bool = True) -> bool:
+        """Build the HNSW index now, in a child process (`qdrant._indexer`): puts and
+        searches go on meanwhile. `wait=False` returns at once; True when a build swapped
+        in (or, without waiting, started)."""
+        build = self.build_index()
+        if build is None:
+            return False
+        if not wait:
+            return True
+        build.join()
+        return build.swapped
+
+    def build_index(self) -> _indexer.IndexBuild | None:
+        """The running background build, or a new one (None when the collection is closed)."""
         with self._lock:
-            self._check_space(_disk_usage(self.folder / "shard" / "segments"))  # merging rewrites segments
-            done = bool(self._call(self._shard.optimize, "optimize"))
-            self._shard.flush()
-            return done
+            if self._shard is None:
+                return None
+            if self._build is None or not self._build.is_alive():
+                self._build = _indexer.IndexBuild(self)
+                self._build.start()
+            return self._build
+
+    @property
+    def indexing(self) -> bool:
+        """True while a background index build runs."""
+        return self._build is not None and self._build.is_alive()
 
     def close(self) -> None:
+        build = self._build
+        if build is not None:  # outside the lock: the build may be waiting for it
+            build.cancel()
+            build.join()
         with self._lock:
             shard, self._shard = getattr(self, "_shard", None), None
             if shard is not None:
@@ -247,6 +288,67 @@ class EdgeCollection:
                     shard.close()
 
     # -- internals ---------------------------------------------------------------------
+    def _update(self, op: Any, what: str) -> None:
+        """Apply `op` to the live shard (and record it for a build in flight)."""
+        self._call(lambda: self._shard.update(op), what)
+        if self._replay is not None:
+            self._replay.append(op)
+            if len(self._replay) > _indexer.MAX_REPLAY:
+                self._replay = None  # the build is dropped at its swap
+                log.info("background index build of %s dropped: too many writes meanwhile", self.folder)
+
+    def _maybe_index(self) -> None:
+        if self.index_after is not None and self._unindexed >= self.index_after and not self.indexing:
+            self.build_index()
+
+    # The three steps `_indexer.IndexBuild` takes under `self._lock`.
+    def _start_recording(self) -> bool:
+        if self._shard is None:
+            return False
+        shard_dir = self.folder / "shard"
+        self._check_space(2 * _disk_usage(shard_dir))  # the copy, then the built segments
+        self._shard.flush()
+        self._replay = []
+        self._unindexed = 0  # the copy gets indexed; a failed build is retried after as many new points
+        return True
+
+    def _recording(self) -> bool:
+        return self._replay is not None and self._shard is not None
+
+    def _stop_recording(self) -> None:
+        with self._lock:
+            self._replay = None
+
+    def _swap_in(self, build: Path, step: Any) -> bool:
+        """Replace the live shard by the built one, replaying the updates taken meanwhile."""
+        shard_dir, old_dir = self.folder / "shard", self.folder / "shard.old"
+        replay, self._replay = self._replay or [], None
+        _indexer.write_marker(self.folder)
+        step("swap-marked")
+        live, self._shard = self._shard, None
+        live.flush()
+        live.close()
+        try:
+            os.replace(shard_dir, old_dir)
+            os.replace(build, shard_dir)
+            fsync_dir(self.folder)
+            step("renamed")
+            self._shard = qe.EdgeShard.load(str(shard_dir))
+            for op in replay:
+                self._shard.update(op)
+            self._shard.flush()
+            step("replayed")
+            _indexer.commit(self.folder)
+        except BaseException:
+            if self._shard is not None:
+                self._shard.close()
+            _indexer.recover(self.folder)  # the marker is there: the old live shard comes back
+            self._shard = qe.EdgeShard.load(str(shard_dir))
+            raise
+        finally:
+            self.__dict__.pop("_synced_closed", None)
+        return True
+
     def _check_space(self, size: int) -> None:
         """Raise `StoreError` unless the disk has `size` bytes (what the write puts on
         disk) free beyond the headroom the engine's mapped files need (`MIN_FREE_BYTES`)."""
@@ -367,10 +469,3 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        _fsync_file(path)
-    except OSError:  # some filesystems refuse fsync on directories
-        pass

@@ -72,6 +72,7 @@ class QdrantColdStore:
         cached_tenants: int = 128,
         cached_items: int = 100_000,
         timeout: float = 10.0,
+        index_after: int | None = None,
     ) -> None:
         if not collection or not isinstance(collection, str) or "/" in collection:
             raise ConfigError(f"collection must be a plain non-empty name, got {collection!r}")
@@ -79,6 +80,10 @@ class QdrantColdStore:
             raise ConfigError(f"dim must be a positive int, got {dim!r}")
         if exact_stats_limit < 0 or cached_tenants < 1:
             raise ConfigError("exact_stats_limit must be >= 0 and cached_tenants >= 1")
+        if index_after is not None and (not isinstance(index_after, int) or index_after < 1):
+            raise ConfigError(f"index_after must be a positive int (unindexed points that start a background "
+                              f"index build) or None for the default, got {index_after!r}")
+        self._index_after = index_after
         self.fusion = FusionMode(fusion)
         self.collection_name = collection
         self.exact_stats_limit = exact_stats_limit
@@ -316,10 +321,15 @@ class QdrantColdStore:
     async def aflush(self) -> None:
         await asyncio.to_thread(self.flush)
 
-    def optimize(self) -> bool:
-        """Build the HNSW indexes now (edge engine). Blocks the process while it runs
-        (seconds per 100k items); worth it for tenants past ~10k items."""
-        return bool(self._coll.optimize()) if self._coll is not None else False
+    def optimize(self, *, wait: bool = True) -> bool:
+        """Build the HNSW index now. Embedded (edge), the build runs in a child process on a
+        copy of the shard and is swapped in when done: puts and searches go on meanwhile
+        (it also starts by itself past `index_after` unindexed points, 50,000 by default).
+        `wait=False` returns at once. A server indexes by itself: False there."""
+        coll = self._coll
+        if coll is None or not hasattr(coll, "build_index"):
+            return False
+        return bool(coll.optimize(wait=wait))
 
     def close(self) -> None:
         """Release the engine (flushes segments when the last user closes it)."""
@@ -369,6 +379,8 @@ class QdrantColdStore:
 
     def _open(self, dim: int) -> Any:
         self._state.coll = self._connection.collection(self._spec(dim))
+        if self._index_after is not None and hasattr(self._state.coll, "index_after"):
+            self._state.coll.index_after = self._index_after
         self._dim = dim
         return self._state.coll
 
