@@ -136,7 +136,8 @@ def test_a_speaker_the_query_names_gains_on_her_relevant_turns() -> None:
     from tiered_context import TieredContext
 
     def value_of_her_turn(boost: float) -> float:
-        ctx = TieredContext(session_id="s", scoring=ScoringConfig(speaker_boost=boost), compaction="inline")
+        ctx = TieredContext(session_id="s", scoring=ScoringConfig(speaker_boost=boost, neighbour_decay=0.0),  # her own value
+                            compaction="inline")
         ctx.put("Melanie, did you enjoy painting the sunset?", metadata={"speaker": "Caroline"})
         hers = ctx.put("I painted a lake at dawn with the kids.", metadata={"speaker": "Melanie"})
         for k in range(20):

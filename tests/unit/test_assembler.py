@@ -318,7 +318,7 @@ def test_locomo_evidence_survives_far_better_than_recency(shared_data) -> None:
     assert kept >= baseline + 0.3 * len(questions)
 
 
-def test_transcript_preset_takes_the_region_around_a_strong_hit() -> None:
+def test_the_region_of_short_utterances_around_a_strong_hit_is_taken() -> None:
     from tiered_context import ScoringConfig
 
     preset = ScoringConfig.for_transcripts(recency_weight=0.0)
@@ -341,4 +341,9 @@ def test_transcript_preset_takes_the_region_around_a_strong_hit() -> None:
             out = ctx.assemble("What did the group say in the quarterly budget review?", budget=260)
             return len({str(i) for i in range(100, 109)} & out.covered("dia_id"))
 
-    assert region_turns(ScoringConfig.for_transcripts()) > region_turns(None)
+    # Distance is content: short utterances are a fraction of a step each, so the default
+    # reaches the whole region, as the transcript preset does; counted in turns it did not.
+    by_turns = region_turns(ScoringConfig(neighbour_tokens=None, neighbour_window=3))
+    assert region_turns(None) == region_turns(ScoringConfig.for_transcripts()) == 9 > by_turns
+    with pytest.raises(ConfigError, match="neighbour_tokens"):
+        ScoringConfig(neighbour_tokens=0)

@@ -41,8 +41,10 @@ __all__ = ["ContextAssembler"]
 #: tokens above it: ~2-3x the turns a budget can hold, so ranking, not the search, decides.
 MIN_CANDIDATES = 64
 TOKENS_PER_CANDIDATE = 10
-#: How many of the strongest hits lend value to their neighbouring turns.
+#: How many of the strongest hits lend value to their neighbouring turns, and how many turns
+#: away at most (the reach itself is measured in content: `ScoringConfig.neighbour_tokens`).
 NEIGHBOUR_SOURCES = 16
+NEIGHBOUR_MAX_TURNS = 10
 #: How far (in seq) a tool call and its results are looked for around a candidate.
 TOOL_PAIR_REACH = 8
 #: Compressed forms are made for the candidates that could fill the budget this many times
@@ -260,27 +262,55 @@ class ContextAssembler(Packer):
                     u.value *= 1.0 + boost
 
     def _expand_neighbours(self, q: _Query, units: dict[str, _Unit], top: int = NEIGHBOUR_SOURCES) -> None:
-        """Turns within `neighbour_window` of a strong hit inherit `decay ** distance` of its
-        value: evidence often spans a few turns (a question, its answer, the follow-up)."""
-        decay, window = self.scorer.config.neighbour_decay, self.scorer.config.neighbour_window
-        if not decay or not window or not units:
+        """Turns near a strong hit inherit part of its value: evidence often spans a few
+        turns (a question, its answer, the follow-up), and in a transcript of short
+        utterances a topic runs over many. Distance is the content between the hit and
+        the turn (the turns in between and the turn itself, in `neighbour_tokens` units),
+        so one setting reaches three chat messages or ten short utterances; the turn
+        inherits ``neighbour_decay ** distance`` of the hit's value, out to
+        `neighbour_window` units and at most `NEIGHBOUR_MAX_TURNS` turns."""
+        cfg = self.scorer.config
+        decay, reach, unit = cfg.neighbour_decay, cfg.neighbour_window, cfg.neighbour_tokens
+        if not decay or not reach or not units:
             return
-        best = sorted(units.values(), key=lambda u: -u.value)[:top]
-        offsets = [d for d in range(-window, window + 1) if d]
-        by_seq = {u.origin.seq: u for u in units.values()}
-        wanted = {u.origin.seq + d for u in best for d in offsets} - by_seq.keys()
-        fresh = [i for i in q.store.get_by_seq(q.tenant, sorted(s for s in wanted if s >= 0))
-                 if i.id not in units and self._admit(units, i)]
+        turns = min(NEIGHBOUR_MAX_TURNS, int(reach)) if not unit else NEIGHBOUR_MAX_TURNS
+        # Only what the query found lends value (with an empty query, recency alone ranks).
+        best = sorted((u for u in units.values() if u.parts.relevance > 0), key=lambda u: -u.value)[:top]
+        if not best:
+            return
+        by_seq = {u.origin.seq: u.origin for u in units.values()}
+        wanted = {u.origin.seq + d for u in best for d in range(-turns, turns + 1)} - by_seq.keys()
+        near = dict(by_seq)
+        near.update((i.seq, i) for i in q.store.get_by_seq(q.tenant, sorted(s for s in wanted if s >= 0)))
+        inherit: dict[int, float] = {}  # seq -> the largest share of a hit's value it inherits
+        for u in best:
+            # One step per turn, or less where the turns around the hit are short: the median
+            # content of its window, in `unit` tokens (chat messages: a step each; a transcript's
+            # short utterances: a fraction, so the reach spans more of them).
+            step_cost = 1.0
+            if unit:
+                around = [near[s].tokens or 1 for s in range(u.origin.seq - turns, u.origin.seq + turns + 1) if s in near]
+                step_cost = min(1.0, float(np.median(around)) / unit)
+            for step in (-1, 1):
+                for d in range(1, turns + 1):
+                    item = near.get(u.origin.seq + step * d)
+                    dist = d * step_cost
+                    if item is None or dist > reach:
+                        break
+                    share = decay ** dist * u.value
+                    if share > inherit.get(item.seq, 0.0):
+                        inherit[item.seq] = share
+        fresh = [near[s] for s in sorted(inherit) if s not in by_seq and near[s].id not in units]
+        fresh = [i for i in fresh if self._admit(units, i)]
         for item in fresh:
             units[item.id] = _Unit(item, [item], _ZERO, 0.0)
         if fresh:
             self._score(q, units)  # one normalisation for all
-            by_seq = {u.origin.seq: u for u in units.values()}
-        for u in best:
-            for d in offsets:
-                n = by_seq.get(u.origin.seq + d)
-                if n is not None:
-                    n.value = max(n.value, decay ** abs(d) * u.value)
+        by_seq_units = {u.origin.seq: u for u in units.values()}
+        for seq, share in inherit.items():
+            n = by_seq_units.get(seq)
+            if n is not None:
+                n.value = max(n.value, share)
 
     def _link_tool_calls(self, q: _Query, units: dict[str, _Unit], reach: int = TOOL_PAIR_REACH) -> None:
         """Bundle each tool call with its results (metadata `tool_call_ids` on the call,

@@ -68,7 +68,8 @@ class ScoringConfig:
     speaker_boost: float = 0.5
     half_life_items: float = 100.0
     neighbour_decay: float = 0.7
-    neighbour_window: int = 3
+    neighbour_window: float = 4
+    neighbour_tokens: int | None = 32
     length_exponent: float = 0.25
 
     @classmethod
@@ -83,7 +84,7 @@ class ScoringConfig:
         (``tiered-context eval ... --strategies tiered,tiered:transcript``). `overrides`
         replace any field, e.g. ``ScoringConfig.for_transcripts(recency_weight=0.0)``.
         """
-        return cls(**{"neighbour_window": 10, "neighbour_decay": 0.95, **overrides})
+        return cls(**{"neighbour_window": 10, "neighbour_decay": 0.95, "neighbour_tokens": None, **overrides})
 
     def __post_init__(self) -> None:
         for name in ("relevance_weight", "recency_weight", "importance_weight"):
@@ -102,7 +103,9 @@ class ScoringConfig:
         if not 0 <= self.neighbour_decay < 1:
             raise ConfigError("neighbour_decay must be in [0, 1)")
         if not 0 <= self.neighbour_window <= 10:
-            raise ConfigError("neighbour_window must be in [0, 10] turns")
+            raise ConfigError("neighbour_window must be in [0, 10] (units of neighbour_tokens, or turns if it is None)")
+        if self.neighbour_tokens is not None and (not isinstance(self.neighbour_tokens, int) or self.neighbour_tokens < 1):
+            raise ConfigError("neighbour_tokens must be a positive int (tokens per unit of distance) or None (turns)")
         if not 0 <= self.length_exponent <= 1:
             raise ConfigError("length_exponent must be in [0, 1] (0 = pack by score, 1 = by score per token)")
 

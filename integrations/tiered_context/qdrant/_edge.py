@@ -250,14 +250,17 @@ class EdgeCollection:
     def optimize(self, *, wait: bool = True) -> bool:
         """Build the HNSW index now, in a child process (`qdrant._indexer`): puts and
         searches go on meanwhile. `wait=False` returns at once; True when a build swapped
-        in (or, without waiting, started)."""
+        in (or, without waiting, started). Waiting joins a build already running, then
+        indexes what it could not include."""
         build = self.build_index()
-        if build is None:
-            return False
-        if not wait:
-            return True
+        if build is None or not wait:
+            return build is not None
         build.join()
-        return build.swapped
+        if build.swapped and self._unindexed:  # written while that build ran
+            build = self.build_index()
+            if build is not None:
+                build.join()
+        return build is not None and build.swapped
 
     def build_index(self) -> _indexer.IndexBuild | None:
         """The running background build, or a new one (None when the collection is closed)."""
