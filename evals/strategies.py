@@ -281,6 +281,9 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     # a speaker the query names ("What did Melanie paint?") gets no extra weight
     "tiered:no-speaker": _ablation("tiered:no-speaker", scoring={"speaker_boost": 0.0}),
     "tiered:no-neighbours": _ablation("tiered:no-neighbours", scoring={"neighbour_decay": 0.0}),
+    # neighbour distance counted in turns (three either side), not in content
+    "tiered:turn-neighbours": _ablation("tiered:turn-neighbours",
+                                        scoring={"neighbour_tokens": None, "neighbour_window": 3}),
     # the preset for meeting transcripts: a strong hit's neighbours inherit more, farther
     "tiered:transcript": _ablation("tiered:transcript", transcripts=True),
     # compression: none at all / the ladder's L2 forms only / also forms of retrieved candidates
