@@ -36,6 +36,11 @@ def test_current_exchange():
     assert current_exchange([u, Turn("assistant", 1), u, a, t]) == 2
     assert current_exchange([Turn("assistant", 1), a, t]) == 1
     assert current_exchange([]) == 0
+    # No user turn: only the last round of a tool loop is live (found by a property test:
+    # five rounds of calls alone outgrew a 300-token budget, which could then not hold them)
+    b, r1, r2 = Turn("assistant", 1, tool_call_ids=("y", "z")), Turn("tool", 1, tool_call_id="y"), Turn("tool", 1, tool_call_id="z")
+    assert current_exchange([a, t, a, t, b, r1, r2]) == 4
+    assert current_exchange([a, t, b]) == 2  # calls not answered yet
 
 
 def test_orphans_are_dropped_and_results_moved_next_to_their_call():

@@ -85,14 +85,16 @@ Merge = Callable[[Turn, Turn], Turn]
 
 def current_exchange(turns: Sequence[Turn]) -> int:
     """Index where the live exchange starts: the last user turn (the tool loop after it is
-    part of the exchange). Without a user turn: the start of the trailing tool loop (the
-    assistant turn whose calls the trailing tool results answer), else ``len(turns)``."""
+    part of the exchange). Without a user turn: the last round of the trailing tool loop
+    (the assistant turn whose calls the trailing results answer; the earlier rounds are
+    history, so the budget can always hold the exchange), else ``len(turns)``."""
     for i in range(len(turns) - 1, -1, -1):
         if turns[i].role == "user":
             return i
     i = len(turns)
-    while i > 0 and turns[i - 1].role in ("tool", "assistant") and (
-            turns[i - 1].role == "tool" or turns[i - 1].tool_call_ids):
+    while i > 0 and turns[i - 1].role == "tool":
+        i -= 1
+    if i > 0 and turns[i - 1].role == "assistant" and turns[i - 1].tool_call_ids:
         i -= 1
     while i < len(turns) and turns[i].role == "tool":  # never start on a result
         i += 1
