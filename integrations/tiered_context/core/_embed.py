@@ -134,7 +134,11 @@ class WordLlamaEmbedder(_ThreadedAsync):
         texts = list(texts)
         if not all(isinstance(t, str) for t in texts):
             raise TypeError("WordLlamaEmbedder.embed takes a sequence of str")
-        encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        if len(texts) == 1:  # one text (a put): no hop through the tokenizer's thread pool, which
+            # waits for a free core on a busy machine (0.3 ms per call seen, against 13 us)
+            encodings = [self._tokenizer.encode(texts[0], add_special_tokens=False)]
+        else:
+            encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
         table = self._table
         top = None if self._tokenizer.get_vocab_size(with_added_tokens=True) <= len(table) else len(table) - 1
         out = np.zeros((len(texts), table.shape[1]), dtype=np.float32)
