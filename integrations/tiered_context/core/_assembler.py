@@ -27,7 +27,7 @@ from tiered_context.core._validate import check_reserved, check_text
 from tiered_context.core._packing import Packer, _Unit, _Units
 from tiered_context.core._render import line
 from tiered_context.core._result import AssembledContext
-from tiered_context.core._scoring import Scorer, ScoreParts, speakers_named, time_window
+from tiered_context.core._scoring import Scorer, ScoreParts, neighbour_shares, speakers_named, time_window
 from tiered_context.core._store import ColdStore, SignalStats
 from tiered_context.core._tokens import TokenCounter
 from tiered_context.errors import ConfigError, InputError
@@ -262,13 +262,10 @@ class ContextAssembler(Packer):
                     u.value *= 1.0 + boost
 
     def _expand_neighbours(self, q: _Query, units: dict[str, _Unit], top: int = NEIGHBOUR_SOURCES) -> None:
-        """Turns near a strong hit inherit part of its value: evidence often spans a few
-        turns (a question, its answer, the follow-up), and in a transcript of short
-        utterances a topic runs over many. Distance is the content between the hit and
-        the turn (the turns in between and the turn itself, in `neighbour_tokens` units),
-        so one setting reaches three chat messages or ten short utterances; the turn
-        inherits ``neighbour_decay ** distance`` of the hit's value, out to
-        `neighbour_window` units and at most `NEIGHBOUR_MAX_TURNS` turns."""
+        """Turns near a strong hit inherit part of its value (`neighbour_shares`): evidence
+        often spans a few turns (a question, its answer, the follow-up), and in a transcript
+        of short utterances a topic runs over many. The turns within reach that are not
+        candidates yet are fetched and scored, so the packer can weigh them too."""
         cfg = self.scorer.config
         decay, reach, unit = cfg.neighbour_decay, cfg.neighbour_window, cfg.neighbour_tokens
         if not decay or not reach or not units:
@@ -282,26 +279,10 @@ class ContextAssembler(Packer):
         wanted = {u.origin.seq + d for u in best for d in range(-turns, turns + 1)} - by_seq.keys()
         near = dict(by_seq)
         near.update((i.seq, i) for i in q.store.get_by_seq(q.tenant, sorted(s for s in wanted if s >= 0)))
-        inherit: dict[int, float] = {}  # seq -> the largest share of a hit's value it inherits
-        for u in best:
-            # One step per turn, or less where the turns around the hit are short: the median
-            # content of its window, in `unit` tokens (chat messages: a step each; a transcript's
-            # short utterances: a fraction, so the reach spans more of them).
-            step_cost = 1.0
-            if unit:
-                around = [near[s].tokens or 1 for s in range(u.origin.seq - turns, u.origin.seq + turns + 1) if s in near]
-                step_cost = min(1.0, float(np.median(around)) / unit)
-            for step in (-1, 1):
-                for d in range(1, turns + 1):
-                    item = near.get(u.origin.seq + step * d)
-                    dist = d * step_cost
-                    if item is None or dist > reach:
-                        break
-                    share = decay ** dist * u.value
-                    if share > inherit.get(item.seq, 0.0):
-                        inherit[item.seq] = share
-        fresh = [near[s] for s in sorted(inherit) if s not in by_seq and near[s].id not in units]
-        fresh = [i for i in fresh if self._admit(units, i)]
+        inherit = neighbour_shares([(u.origin.seq, u.value) for u in best], near, decay=decay, reach=reach,
+                                   unit=unit, turns=turns)
+        fresh = [near[s] for s in sorted(inherit)
+                 if s not in by_seq and near[s].id not in units and self._admit(units, near[s])]
         for item in fresh:
             units[item.id] = _Unit(item, [item], _ZERO, 0.0)
         if fresh:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ from tiered_context.core._lexical import STOPWORDS, terms
 from tiered_context.core._store import SignalStats
 from tiered_context.errors import ConfigError
 
-__all__ = ["ScoringConfig", "ScoreParts", "Scorer", "PreferenceModel", "query_share", "speakers_named", "time_window"]
+__all__ = ["ScoringConfig", "ScoreParts", "Scorer", "PreferenceModel", "neighbour_shares", "query_share", "speakers_named",
+           "time_window"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -316,3 +318,32 @@ class Scorer:
             ScoreParts(float(r), float(b), float(d), float(c), float(i), float(t - base), float(t))
             for r, b, d, c, i, t, base in zip(relevance, bm25, dense, recency, importance, learned, default)
         ]
+
+
+def neighbour_shares(hits: Iterable[tuple[int, float]], near: Mapping[int, Any], *, decay: float, reach: float,
+                     unit: int | None, turns: int) -> dict[int, float]:
+    """The largest share of a strong hit's value each turn around it inherits, by seq.
+
+    `hits` are (seq, value) of the strong hits; `near` the items by seq around them (a gap
+    stops the walk). A turn `d` steps out inherits ``decay ** (d * step)`` of the value,
+    while ``d * step <= reach`` and ``d <= turns``. The step is one turn, or less where the
+    turns around the hit are short: the median length of its window in `unit` tokens (chat
+    messages: a step each; a transcript's short utterances: a fraction, so the reach spans
+    more of them). `unit` None counts turns.
+    """
+    inherit: dict[int, float] = {}
+    for seq, value in hits:
+        step_cost = 1.0
+        if unit:
+            around = [near[s].tokens or 1 for s in range(seq - turns, seq + turns + 1) if s in near]
+            step_cost = min(1.0, statistics.median(around) / unit)
+        for step in (-1, 1):
+            for d in range(1, turns + 1):
+                item = near.get(seq + step * d)
+                dist = d * step_cost
+                if item is None or dist > reach:
+                    break
+                share = decay ** dist * value
+                if share > inherit.get(item.seq, 0.0):
+                    inherit[item.seq] = share
+    return inherit

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +36,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 
     raise missing_extra("qdrant-edge-py", "qdrant") from exc
 
-from tiered_context.core import fsync_dir
+from tiered_context.core import write_atomic
 from tiered_context.errors import StoreError
 from tiered_context.qdrant import _indexer
 from tiered_context.qdrant._engine import (DENSE, SPARSE, CollectionSpec, FusionMode, PointData, Query, Record, record_from_point as _record,
@@ -138,12 +138,7 @@ class EdgeCollection:
             else:
                 if shard_dir.exists():
                     check_meta(where, {}, spec.kind, spec.dim)  # raises: a shard that is not ours
-                folder.mkdir(parents=True, exist_ok=True)
-                tmp = folder / "meta.json.tmp"
-                tmp.write_text(dumps_meta(spec))
-                _fsync_file(tmp)
-                os.replace(tmp, meta)
-                fsync_dir(folder)
+                write_atomic(meta, dumps_meta(spec).encode())
             _indexer.recover(folder)
             if (shard_dir / "edge_config.json").exists():
                 self._shard = qe.EdgeShard.load(str(shard_dir))
@@ -304,54 +299,6 @@ class EdgeCollection:
         if self.index_after is not None and self._unindexed >= self.index_after and not self.indexing:
             self.build_index()
 
-    # The three steps `_indexer.IndexBuild` takes under `self._lock`.
-    def _start_recording(self) -> bool:
-        if self._shard is None:
-            return False
-        shard_dir = self.folder / "shard"
-        self._check_space(2 * _disk_usage(shard_dir))  # the copy, then the built segments
-        self._shard.flush()
-        self._replay = []
-        self._unindexed = 0  # the copy gets indexed; a failed build is retried after as many new points
-        return True
-
-    def _recording(self) -> bool:
-        return self._replay is not None and self._shard is not None
-
-    def _stop_recording(self) -> None:
-        with self._lock:
-            self._replay = None
-
-    def _swap_in(self, build: Path, step: Any) -> bool:
-        """Replace the live shard by the built one, replaying the updates taken meanwhile."""
-        shard_dir, old_dir = self.folder / "shard", self.folder / "shard.old"
-        replay, self._replay = self._replay or [], None
-        _indexer.write_marker(self.folder)
-        step("swap-marked")
-        live, self._shard = self._shard, None
-        live.flush()
-        live.close()
-        try:
-            os.replace(shard_dir, old_dir)
-            os.replace(build, shard_dir)
-            fsync_dir(self.folder)
-            step("renamed")
-            self._shard = qe.EdgeShard.load(str(shard_dir))
-            for op in replay:
-                self._shard.update(op)
-            self._shard.flush()
-            step("replayed")
-            _indexer.commit(self.folder)
-        except BaseException:
-            if self._shard is not None:
-                self._shard.close()
-            _indexer.recover(self.folder)  # the marker is there: the old live shard comes back
-            self._shard = qe.EdgeShard.load(str(shard_dir))
-            raise
-        finally:
-            self.__dict__.pop("_synced_closed", None)
-        return True
-
     def _check_space(self, size: int) -> None:
         """Raise `StoreError` unless the disk has `size` bytes (what the write puts on
         disk) free beyond the headroom the engine's mapped files need (`MIN_FREE_BYTES`)."""
@@ -452,18 +399,6 @@ def _size(point: PointData) -> int:
     """About how many bytes `point` takes once stored: vectors and payload."""
     sparse = len(point.sparse[0]) if point.sparse else 0
     return 4 * len(point.dense) + 8 * sparse + len(repr(point.payload))
-
-
-def _disk_usage(folder: Path) -> int:
-    """Bytes the files under `folder` occupy on disk (their sparse holes excluded)."""
-    total = 0
-    for root, _, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(root, name)).st_blocks * 512
-            except OSError:
-                continue
-    return total
 
 
 def _fsync_file(path: Path) -> None:

@@ -32,11 +32,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import qdrant_edge as qe
+
 from tiered_context.core import fsync_dir, write_atomic
 
 log = logging.getLogger("tiered_context")
 
-__all__ = ["IndexBuild", "recover"]
+__all__ = ["IndexBuild", "disk_usage", "recover"]
 
 #: A test hook: called with the name of each step of a build (``copied``, ``built``,
 #: ``swap-marked``, ``renamed``, ``replayed``) so a test can kill the process there.
@@ -83,10 +85,8 @@ class IndexBuild(threading.Thread):
         build = self.folder / "build"
         try:
             with self.coll._lock:
-                if not self.coll._start_recording():
+                if not self._copy(build):
                     return
-                shutil.rmtree(build, ignore_errors=True)
-                shutil.copytree(self.folder / "shard", build)
             _step("copied")
             if self.cancelled.is_set():
                 return
@@ -99,17 +99,64 @@ class IndexBuild(threading.Thread):
                                    f"{err.decode(errors='replace').strip()[-300:]}")
             _step("built")
             with self.coll._lock:
-                if self.cancelled.is_set() or not self.coll._recording():
+                if self.cancelled.is_set() or self.coll._replay is None or self.coll._shard is None:
                     return
-                self.swapped = self.coll._swap_in(build, _step)
+                self.swapped = self._swap(build)
         except Exception as exc:  # noqa: BLE001 - a failed build is dropped, never the user's write
             self.error = f"{type(exc).__name__}: {exc}"
             if not self.cancelled.is_set():
                 log.warning("background HNSW build of %s dropped (%s); retried after as many new points",
                             self.folder, self.error)
         finally:
-            self.coll._stop_recording()
+            with self.coll._lock:
+                self.coll._replay = None
             shutil.rmtree(build, ignore_errors=True)
+
+    def _copy(self, build: Path) -> bool:
+        """Step 1 (under the lock): flush, copy the live shard to `build`, start recording."""
+        coll = self.coll
+        if coll._shard is None:
+            return False
+        shard_dir = self.folder / "shard"
+        coll._check_space(2 * disk_usage(shard_dir))  # the copy, then the built segments
+        coll._shard.flush()
+        shutil.rmtree(build, ignore_errors=True)
+        shutil.copytree(shard_dir, build)
+        coll._replay = []
+        coll._unindexed = 0  # the copy gets indexed; a failed build is retried after as many new points
+        return True
+
+    def _swap(self, build: Path) -> bool:
+        """Step 3 (under the lock): the built shard replaces the live one, with the updates
+        taken meanwhile replayed; on any failure the old live shard comes back."""
+        coll, folder = self.coll, self.folder
+        shard_dir = folder / "shard"
+        replay, coll._replay = coll._replay or [], None
+        write_marker(folder)
+        _step("swap-marked")
+        live, coll._shard = coll._shard, None
+        live.flush()
+        live.close()
+        try:
+            os.replace(shard_dir, folder / "shard.old")
+            os.replace(build, shard_dir)
+            fsync_dir(folder)
+            _step("renamed")
+            coll._shard = qe.EdgeShard.load(str(shard_dir))
+            for op in replay:
+                coll._shard.update(op)
+            coll._shard.flush()
+            _step("replayed")
+            commit(folder)
+        except BaseException:
+            if coll._shard is not None:
+                coll._shard.close()
+            recover(folder)  # the marker is there: the old live shard comes back
+            coll._shard = qe.EdgeShard.load(str(shard_dir))
+            raise
+        finally:
+            coll.__dict__.pop("_synced_closed", None)  # other log files now
+        return True
 
     def cancel(self) -> None:
         """Stop the build (the child is killed); the live shard is untouched."""
@@ -143,3 +190,15 @@ def _child_setup() -> None:  # pragma: no cover - runs in the child
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def disk_usage(folder: Path) -> int:
+    """Bytes the files under `folder` occupy on disk (their sparse holes excluded)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                continue
+    return total
