@@ -236,14 +236,9 @@ def _rss_mb() -> float:
 
 
 def _du_mb(folder: str) -> float:
-    total = 0
-    for root, _, files in os.walk(folder):
-        for f in files:
-            try:
-                total += os.stat(os.path.join(root, f)).st_blocks * 512
-            except OSError:
-                pass
-    return total / 2**20
+    from tiered_context.core import disk_usage
+
+    return disk_usage(Path(folder)) / 2**20
 
 
 # -- semantic cache --------------------------------------------------------------------

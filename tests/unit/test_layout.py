@@ -274,6 +274,7 @@ EXPECTED_ALL: dict[str, list[str]] = {
         "current_exchange",
         "day_of",
         "decode_record",
+        "disk_usage",
         "encode_record",
         "enforce",
         "fsync_dir",

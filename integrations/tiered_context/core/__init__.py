@@ -22,7 +22,7 @@ from tiered_context.core._conversation import (
     enforce,
     recalled_block,
 )
-from tiered_context.core._durable import fsync_dir, move_aside, read_json, write_atomic, write_json_atomic
+from tiered_context.core._durable import disk_usage, fsync_dir, move_aside, read_json, write_atomic, write_json_atomic
 from tiered_context.core._embed import Embedder, MiniLMEmbedder, WordLlamaEmbedder, WrappedEmbedder, normalize
 from tiered_context.core._enums import Compaction, Compression, StoreKind
 from tiered_context.core._facts import Fact, FactCheck, check_facts
@@ -108,6 +108,7 @@ __all__ = [
     "current_exchange",
     "day_of",
     "decode_record",
+    "disk_usage",
     "encode_record",
     "enforce",
     "fsync_dir",

@@ -24,7 +24,7 @@ from typing import Any
 
 from tiered_context.errors import StoreError
 
-__all__ = ["fsync_dir", "move_aside", "read_json", "write_atomic", "write_json_atomic"]
+__all__ = ["disk_usage", "fsync_dir", "move_aside", "read_json", "write_atomic", "write_json_atomic"]
 
 log = logging.getLogger("tiered_context")
 
@@ -111,3 +111,15 @@ def fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def disk_usage(folder: Path) -> int:
+    """Bytes the files under `folder` occupy on disk (their sparse holes excluded)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                continue
+    return total

@@ -34,11 +34,11 @@ from typing import Any
 
 import qdrant_edge as qe
 
-from tiered_context.core import fsync_dir, write_atomic
+from tiered_context.core import disk_usage, fsync_dir, write_atomic
 
 log = logging.getLogger("tiered_context")
 
-__all__ = ["IndexBuild", "disk_usage", "recover"]
+__all__ = ["IndexBuild", "recover"]
 
 #: A test hook: called with the name of each step of a build (``copied``, ``built``,
 #: ``swap-marked``, ``renamed``, ``replayed``) so a test can kill the process there.
@@ -190,15 +190,3 @@ def _child_setup() -> None:  # pragma: no cover - runs in the child
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-
-
-def disk_usage(folder: Path) -> int:
-    """Bytes the files under `folder` occupy on disk (their sparse holes excluded)."""
-    total = 0
-    for root, _, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(root, name)).st_blocks * 512
-            except OSError:
-                continue
-    return total
