@@ -142,16 +142,16 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.data_qmsum is not None and not args.data_qmsum.is_dir():
         parser.error(f"--data-qmsum {args.data_qmsum}: not a directory; fix the path given to --data-qmsum")
     extra = datasets.load_qmsum(args.data_qmsum) if args.data_qmsum else []
-    long_history: list[Any] = []
+    long_histories: list[Any] = []
     if args.data_longmemeval is not None:
         if not args.data_longmemeval.is_file():
             parser.error(f"--data-longmemeval {args.data_longmemeval}: not found; fix the path given to --data-longmemeval")
-        long_history = next((c.turns for c in datasets.load_longmemeval(args.data_longmemeval) if c.turns), [])
+        long_histories = [c.turns for c in datasets.load_longmemeval(args.data_longmemeval) if c.turns][:4]
     rows = run_bench(datasets.load_locomo(args.data_locomo), extra, sizes=args.items, progress=not args.no_progress,
                      frameworks=not args.no_frameworks,
                      locomo_path=None if args.no_compress else args.data_locomo,
                      qmsum_path=None if args.no_compress else args.data_qmsum, llmlingua=args.llmlingua,
-                     long_history=long_history)
+                     long_histories=long_histories)
     json_path, md_path = write_bench(rows, args.out)
     print(md_path.read_text(encoding="utf-8"))
     print(f"wrote {json_path}\nwrote {md_path}")

@@ -93,8 +93,10 @@ def test_cli_flag(tmp_path: Path, capsys) -> None:
 def test_bench_long_ingest_rows(tmp_path: Path) -> None:
     from tiered_context.evals.bench_speed import bench_long_ingest, render_bench
 
-    turns = load_longmemeval(_write(tmp_path))[0].turns
-    rows = bench_long_ingest(turns, runs=1)
-    assert [r["mode"] for r in rows] == ["put_many", "put"]
+    histories = [c.turns for c in load_longmemeval(_write(tmp_path))]
+    assert len(histories) >= 2
+    assert "skipped" in bench_long_ingest(histories[:1])[0]  # nothing to time after the warm-up
+    rows = bench_long_ingest(histories, runs=1)
+    assert [r["mode"] for r in rows] == ["put_many", "put"] and all(r["histories"] == 1 for r in rows)
     assert all(r["tokens"] > 0 and r["tokens_per_s"] > 0 and r["tokens_per_cpu_s"] > 0 for r in rows)
     assert "Ingest of a long history" in render_bench(rows)

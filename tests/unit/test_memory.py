@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 
 import numpy as np
@@ -377,9 +378,26 @@ def test_the_default_embedder_gives_wordllamas_own_vectors_bit_for_bit() -> None
     from tiered_context import WordLlamaEmbedder
     from tiered_context.core import normalize
 
-    texts = ["We moved the launch to 3 May.", "", " ", "héllo 😀 世界", "word " * 700, "Caroline: I went to a LGBTQ group!"]
+    import random
+
+    rng = random.Random(7)  # word-by-word encoding (memoised) must give the tokenizer's ids for any text
+    alphabet = list(" ▁\t\n  ab<s></s><unk>é😀世\x00\u200b\ufeff.,!?'\"-_AZ09\\") + ["<s>", "</s>", "the", "The"]
+    texts = ["We moved the launch to 3 May.", "", " ", "héllo 😀 世界", "word " * 700, "Caroline: I went to a LGBTQ group!",
+             "  two  spaces ", "▁▁ x", "a<s>b", "tab\tand\nnewline"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30))) for _ in range(300)]
     emb = WordLlamaEmbedder()
     reference = normalize(emb._model.embed(texts, norm=False))  # WordLlama's padded batches
     assert np.array_equal(emb.embed(texts).view(np.uint32), reference.view(np.uint32))
     singles = np.concatenate([emb.embed([t]) for t in texts])
     assert np.array_equal(singles.view(np.uint32), reference.view(np.uint32))
+
+
+def test_the_default_embedder_leaves_the_applications_logging_alone() -> None:
+    """wordllama's import calls logging.basicConfig(level=INFO): the memory undoes it."""
+    import subprocess
+    import sys
+
+    code = ("import logging; from tiered_context import TieredContext; TieredContext().put('hello there'); "
+            "root = logging.getLogger(); print(len(root.handlers), root.level)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["0", str(logging.WARNING)]

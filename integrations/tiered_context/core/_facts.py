@@ -176,6 +176,11 @@ def _english() -> dict[str, float]:
 def extract_facts(text: str) -> list[tuple[FactKind, str, int, int]]:
     """`(kind, text, start, end)` of every name, number and date in `text`, in order,
     without overlaps (a date wins over the number inside it)."""
+    return list(_facts(text))
+
+
+@functools.lru_cache(maxsize=4096)  # a progressive summary is checked again at every step that extends it
+def _facts(text: str) -> tuple[tuple[FactKind, str, int, int], ...]:
     found: list[tuple[FactKind, str, int, int]] = []
     taken: list[tuple[int, int]] = []
 
@@ -194,7 +199,7 @@ def extract_facts(text: str) -> list[tuple[FactKind, str, int, int]]:
             found.append((FactKind.NAME, name, start, end))
             taken.append((start, end))
     found.sort(key=lambda f: f[2])
-    return found
+    return tuple(found)
 
 
 def _name_runs(text: str) -> list[tuple[int, int, str]]:
@@ -279,7 +284,7 @@ def _rarity(fact_text: str) -> float:
 def facts_of(item: ContextItem) -> list[Fact]:
     """The facts of one item, each scored by its rarity and the item's importance."""
     out = []
-    for kind, text, _, _ in extract_facts(item.text):
+    for kind, text, _, _ in _facts(item.text):
         rarity = 0.9 if kind != FactKind.NAME else _rarity(text)
         out.append(Fact(kind, text, item.id, round(0.5 * rarity + 0.5 * item.importance, 4)))
     return out

@@ -167,6 +167,7 @@ def surprisal_model(lang: str) -> Surprisal:
     return model
 
 
+@functools.lru_cache(maxsize=65_536)  # the same sentences are scored again as a summary grows
 def information(text: str, *, ignore: frozenset[str] = frozenset(), lang: str | None = None) -> float:
     """Bits of information in the content words of `text`: each word's surprisal above
     that of a common word (8 bits), plus 12 bits per number or date word. Fillers,

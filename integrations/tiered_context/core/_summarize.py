@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -191,6 +192,10 @@ def _render_lines(lines: Sequence[_Line]) -> str:
     return "\n".join(out)
 
 
+#: Sentence vectors an `ExtractiveSummarizer` keeps (a summary's lines and the sentences of a batch).
+VECTOR_MEMO = 4096
+
+
 class ExtractiveSummarizer:
     """The offline default: keeps the most informative sentences, with who said them and when.
 
@@ -225,6 +230,8 @@ class ExtractiveSummarizer:
             raise ConfigError("max_tokens must be >= 16")
         self.counter = counter or TokenCounter()
         self._embedder = embedder
+        self._vectors: dict[str, np.ndarray] = {}  # sentence -> unit vector: a progressive summary's
+        self._vectors_lock = threading.Lock()  # lines are candidates again at every step that extends it
         self.ratio, self.max_tokens = ratio, max_tokens
         self.centrality_weight = centrality_weight
         self.min_sentence_tokens = min_sentence_tokens
@@ -275,7 +282,7 @@ class ExtractiveSummarizer:
             return []
         bare = [c[1] for c in lines]
         costs = self.counter.count_many([f"{c[2]}: {c[1]}" if c[2] else c[1] for c in lines])
-        vectors = normalize(self.embedder.embed(bare))
+        vectors = self._embed(bare)
         centroid = vectors.mean(axis=0)
         norm = float(np.linalg.norm(centroid)) or 1.0
         centrality = vectors @ (centroid / norm)
@@ -300,6 +307,18 @@ class ExtractiveSummarizer:
         if not chosen and np.isfinite(score).any():  # a tiny batch: its best sentence, if that is shorter
             chosen.append(int(np.argmax(score)))
         return chosen
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        """Unit vectors of `texts`, each sentence embedded once (the most recent `VECTOR_MEMO` kept)."""
+        with self._vectors_lock:
+            memo = self._vectors
+            todo = [t for t in dict.fromkeys(texts) if t not in memo]
+            if todo:
+                memo.update(zip(todo, normalize(self.embedder.embed(todo))))
+            vectors = np.stack([memo[t] for t in texts])
+            for old in list(memo)[: max(0, len(memo) - VECTOR_MEMO)]:
+                del memo[old]
+            return vectors
 
     def __repr__(self) -> str:
         return f"ExtractiveSummarizer(ratio={self.ratio}, max_tokens={self.max_tokens})"
