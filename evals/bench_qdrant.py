@@ -11,8 +11,10 @@ Parts (``--parts``, comma separated):
   union + the core's z-score fusion, "tiered:qdrant-rrf", "tiered:qdrant-dbsf").
   Every conversation is a tenant of one shared store directory, as in a deployment.
 - **latency**: whole `assemble(budget=2000)` p50 / p95 with 10k items in one session.
-- **scale**: N archived items (random unit vectors, synthetic text, ``--tenants`` tenants,
-  100 by default) per embedded engine: ingest rate (batches of 1,000 and single adds,
+- **scale**: N archived items (``--text zipf``: random unit vectors and synthetic Zipf
+  words, the stress case; ``--text real``: real turns of the shared data, two per item,
+  embedded by the default embedder, queried with real questions), over ``--tenants`` tenants
+  (100 by default) per embedded engine: ingest rate (batches of 1,000 and single adds,
   with the background index builds that start past ``index_after``), search p95 while a
   build runs, the wait for the index of everything (``optimize(wait=True)``), then
   tenant-filtered hybrid search p50 / p95 (plus a role + time filter), disk, peak RSS,
@@ -131,12 +133,55 @@ def _zipf_words(rng: np.random.Generator, n: int) -> list[str]:
     return [_VOCAB[r] for r in ranks]
 
 
-def _scale_one(engine: str, n: int, tenants: int, dim: int, queries: int, seed: int = 0) -> dict[str, Any]:
-    """One (engine, N) measurement; run in a fresh process by `bench_scale`."""
+class _RealText:
+    """Items and queries made of real conversation turns (LoCoMo, QMSum, LongMemEval under
+    `data`): each item two random turns joined (so a million texts are distinct), its
+    vector the default embedder's; each query a real question of the same data."""
+
+    def __init__(self, data: Path, rng: np.random.Generator) -> None:
+        from tiered_context import WordLlamaEmbedder
+        from tiered_context.evals import datasets
+
+        convs = [*datasets.load_locomo(data / "locomo" / "locomo_dev5.json"),
+                 *datasets.load_qmsum(data / "qmsum" / "train"), *datasets.load_qmsum(data / "qmsum" / "val"),
+                 *datasets.load_longmemeval(data / "longmemeval" / "longmemeval_s_dev90.json")]
+        self.turns = list(dict.fromkeys(t.text for c in convs for t in c.turns))
+        self.questions = list(dict.fromkeys(q.text for c in convs for q in c.questions))
+        self.rng, self.embedder = rng, WordLlamaEmbedder()
+
+    def items(self, k: int) -> tuple[list[str], np.ndarray]:
+        pairs = self.rng.integers(0, len(self.turns), size=(k, 2))
+        texts = [f"{self.turns[a]} {self.turns[b]}" for a, b in pairs]
+        return texts, self.embedder.embed(texts)
+
+    def query(self) -> tuple[str, np.ndarray]:
+        text = self.questions[int(self.rng.integers(len(self.questions)))]
+        return text, self.embedder.embed([text])[0]
+
+
+def _scale_one(engine: str, n: int, tenants: int, dim: int, queries: int, seed: int = 0,
+               text: str = "zipf") -> dict[str, Any]:
+    """One (engine, N) measurement; run in a fresh process by `bench_scale`. `text`: "zipf"
+    (random vectors, synthetic Zipf words: the stress case, common terms in most items) or
+    "real" (`_RealText`: real turns and questions, the default embedder's vectors)."""
     from tiered_context import ContextItem
     from tiered_context.qdrant import QdrantColdStore
 
     rng = np.random.default_rng(seed)
+    real = _RealText(_DATA, rng) if text == "real" else None
+    if real is not None:
+        dim = real.embedder.dim
+
+    def make(k: int) -> tuple[list[str], np.ndarray]:
+        if real is not None:
+            return real.items(k)
+        return [" ".join(_zipf_words(rng, 12)) for _ in range(k)], rng.standard_normal((k, dim)).astype(np.float32)
+
+    def ask() -> tuple[str, np.ndarray]:
+        if real is not None:
+            return real.query()
+        return " ".join(_zipf_words(rng, 4)), rng.standard_normal(dim).astype(np.float32)
+
     folder = tempfile.mkdtemp(prefix=f"bench-scale-{engine}-")
     store = QdrantColdStore(folder, engine=engine)
     per = n // tenants
@@ -146,8 +191,8 @@ def _scale_one(engine: str, n: int, tenants: int, dim: int, queries: int, seed: 
     for t in range(tenants):  # tenant-major: how sessions grow
         for lo in range(0, per, batch):
             k = min(batch, per - lo)
-            vecs = rng.standard_normal((k, dim)).astype(np.float32)
-            items = [ContextItem(id=f"i{lo + j}", text=" ".join(_zipf_words(rng, 12)), role="user" if j % 2 else "assistant",
+            texts, vecs = make(k)
+            items = [ContextItem(id=f"i{lo + j}", text=texts[j], role="user" if j % 2 else "assistant",
                                  timestamp=float(lo + j), seq=lo + j, tokens=16) for j in range(k)]
             store.add(f"tenant-{t}", items, vecs)
     ingest = time.perf_counter() - started
@@ -155,16 +200,15 @@ def _scale_one(engine: str, n: int, tenants: int, dim: int, queries: int, seed: 
     single = min(500, max(50, n // 200))
     t0 = time.perf_counter()
     for j in range(single):
-        store.add("tenant-single", [ContextItem(id=f"s{j}", text=" ".join(_zipf_words(rng, 12)), seq=j, tokens=16)],
-                  rng.standard_normal((1, dim)).astype(np.float32))
+        texts, vecs = make(1)
+        store.add("tenant-single", [ContextItem(id=f"s{j}", text=texts[0], seq=j, tokens=16)], vecs)
     single_rate = single / (time.perf_counter() - t0)
 
     def run_queries(s: Any, **filters: Any) -> list[float]:
         lat = []
         for i in range(queries):
             tenant = f"tenant-{i % tenants}"
-            q = rng.standard_normal(dim).astype(np.float32)
-            text = " ".join(_zipf_words(rng, 4))
+            text, q = ask()
             t1 = time.perf_counter()
             s.search(tenant, text, q, limit=64, **filters)
             lat.append(time.perf_counter() - t1)
@@ -184,12 +228,13 @@ def _scale_one(engine: str, n: int, tenants: int, dim: int, queries: int, seed: 
     store = QdrantColdStore(folder, engine=engine)
     open_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    store.search("tenant-0", "w1 w2", rng.standard_normal(dim).astype(np.float32), limit=64)
+    text, q = ask()
+    store.search("tenant-0", text, q, limit=64)
     first = time.perf_counter() - t0
     store.close()
     shutil.rmtree(folder, ignore_errors=True)
     return {
-        "engine": engine, "items": n, "tenants": tenants, "items_per_tenant": per, "dim": dim,
+        "engine": engine, "text": text, "items": n, "tenants": tenants, "items_per_tenant": per, "dim": dim,
         "ingest_items_per_s": round(n / ingest, 1), "ingest_s": round(ingest, 1),
         "single_add_per_s": round(single_rate, 1),
         "search_p95_during_build_ms": _ms(lat_during, 95) if lat_during else "",
@@ -202,12 +247,12 @@ def _scale_one(engine: str, n: int, tenants: int, dim: int, queries: int, seed: 
 
 
 def bench_scale(sizes: Sequence[int], engines: Sequence[str], tenants: int = 100, dim: int = 256,
-                queries: int = 200, timeout: float = 3600.0) -> list[dict[str, Any]]:
+                queries: int = 200, timeout: float = 3600.0, text: str = "zipf") -> list[dict[str, Any]]:
     rows = []
     for engine in engines:
         for n in sizes:
             cmd = [sys.executable, "-m", "tiered_context.evals.bench_qdrant", "--_one",
-                   json.dumps({"engine": engine, "n": n, "tenants": min(tenants, max(1, n // 100)), "dim": dim,
+                   json.dumps({"engine": engine, "n": n, "tenants": min(tenants, max(1, n // 100)), "dim": dim, "text": text,
                                "queries": queries if engine == "edge" else min(queries, 50)})]
             started = time.perf_counter()
             try:
@@ -349,6 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--engines", default="edge,local")
     parser.add_argument("--tenants", type=int, default=100, help="tenants the scale part spreads N over (1: one tenant)")
+    parser.add_argument("--text", choices=["zipf", "real"], default="zipf",
+                        help="scale items: synthetic Zipf words + random vectors (stress), or real turns embedded")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one scale run may take")
     parser.add_argument("--local-max", type=int, default=100_000, help="largest N for the (slow) local engine")
     parser.add_argument("--budgets", default="1000,2000")
     parser.add_argument("--variants", default="union,rrf,dbsf")
@@ -357,7 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args._one:
         spec = json.loads(args._one)
-        print(json.dumps(_scale_one(spec["engine"], spec["n"], spec["tenants"], spec["dim"], spec["queries"])))
+        print(json.dumps(_scale_one(spec["engine"], spec["n"], spec["tenants"], spec["dim"], spec["queries"],
+                                    text=spec.get("text", "zipf"))))
         return 0
     if args.out is None:
         parser.error("--out DIR is required")
@@ -374,7 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["scale"] = []
         for engine in args.engines.split(","):
             mine = [s for s in sizes if engine != "local" or s <= args.local_max]
-            results["scale"] += bench_scale(mine, [engine], tenants=args.tenants)
+            results["scale"] += bench_scale(mine, [engine], tenants=args.tenants, text=args.text,
+                                            timeout=args.timeout)
     if "cache" in parts:
         results["cache"] = bench_cache(args.data_locomo, args.data_qmsum,
                                        embedders=[e for e in args.embedders.split(",") if e])

@@ -20,32 +20,32 @@ archiving each under the id of the span it covers) are the `Summaries` mixin in
 
 `checkpoint` archives the ladder's state (at `flush`, so at `close`) as a
 `core.checkpoint.Checkpoint` and `resume` reads it back, so a reopened memory continues
-exactly where it stopped, whatever batches compaction took. The background worker is one
-daemon thread: a hung summarizer never holds `close()` beyond its timeout, nor the
-interpreter's exit. Nothing here deletes: every original stays archived in L3.
+exactly where it stopped, whatever batches compaction took (the `Checkpoints` mixin in
+`core.checkpoint`). The background worker (`core.worker`) is one daemon thread: a hung
+summarizer never holds `close()` beyond its timeout, nor the interpreter's exit. Nothing
+here deletes: every original stays archived in L3.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections import OrderedDict
 from time import monotonic as _now
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
 from tiered_context.core._budget import LadderEvent, LadderLevel
-from tiered_context.core._checkpoint import Checkpoint
+from tiered_context.core._checkpoint import Checkpoints
 from tiered_context.core._config import MemoryConfig
-from tiered_context.core._embed import normalize
 from tiered_context.core._enums import Compaction, Compression
 from tiered_context.core._items import ContextItem, Tier
 from tiered_context.core._namespace import Kind, Namespace
 from tiered_context.core._summaries import Summaries
+from tiered_context.core._worker import Worker, settle_timeout
 
 __all__ = ["Ladder", "LadderView", "PREPARE_BATCH", "RETRY_AFTER_ITEMS"]
 
@@ -54,9 +54,6 @@ log = logging.getLogger("tiered_context")
 PREPARE_BATCH = 64
 #: After a failed compression, how many more puts before it is tried again.
 RETRY_AFTER_ITEMS = 16
-#: How long `close()` waits for background work when the summarizer names no timeout of
-#: its own (seconds): long enough for an LLM summary, short enough not to hang a shutdown.
-DEFAULT_SETTLE_TIMEOUT = 120.0
 _RANK = {level: rank for rank, level in enumerate(LadderLevel)}
 
 
@@ -116,48 +113,7 @@ class LadderView:
     events: tuple[LadderEvent, ...]
 
 
-class _Worker:
-    """One daemon thread that runs jobs in order. Daemon: a hung job (a summarizer that
-    never returns) cannot hold the interpreter's exit; `close()` waits only its timeout."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        future: Future = Future()
-        self._jobs.put((future, fn, args))
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="tiered-compaction", daemon=True)
-            self._thread.start()
-        return future
-
-    def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            future, fn, args = job
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn(*args))
-                except BaseException as exc:  # handed to whoever waits on the future
-                    future.set_exception(exc)
-
-    def shutdown(self) -> None:
-        if self._thread is not None:
-            self._jobs.put(None)
-
-
-def settle_timeout(summarizer: object) -> float:
-    """How long to wait for background work: the summarizer's own bound (its `timeout`
-    per call, times its attempts) with room for the compressor, else the default."""
-    per_call = getattr(summarizer, "timeout", None)
-    if not isinstance(per_call, (int, float)) or per_call <= 0:
-        return DEFAULT_SETTLE_TIMEOUT
-    attempts = 1 + int(getattr(summarizer, "retries", 0) or 0)
-    backoff = float(getattr(summarizer, "backoff", 0.0) or 0.0)
-    return float(per_call) * attempts + backoff * (2 ** attempts) + 30.0
-
-
-class Ladder(Summaries):
+class Ladder(Summaries, Checkpoints):
     """The working set's ladder and progressive summaries of one namespace.
 
     Built by `TieredContext` from its resolved `MemoryConfig` and `Namespace`; `prepare`
@@ -190,7 +146,7 @@ class Ladder(Summaries):
         self._events: list[LadderEvent] = []
         self._level: LadderLevel | None = None
         self._pending: Future | None = None
-        self._worker: _Worker | None = None
+        self._worker: Worker | None = None
         self._unprepared: list[ContextItem] = []  # stored, compressed forms not yet computed
         self._preparing: list[Future] = []
         self._retry_at = 0
@@ -403,7 +359,7 @@ class Ladder(Summaries):
     def _submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         """Run `fn` on the ladder's one background thread (started on first use)."""
         if self._worker is None:
-            self._worker = _Worker()
+            self._worker = Worker()
         return self._worker.submit(fn, *args)
 
     def _prepare_forms(self) -> None:
@@ -426,63 +382,3 @@ class Ladder(Summaries):
                 self.config.on_event(event)
             except Exception:  # a callback must not break ingestion
                 log.exception("on_event callback failed")
-
-    # -- checkpoints (core.checkpoint) ------------------------------------------------------
-    def checkpoint(self) -> None:
-        """Archive the ladder's state if a compaction step or prune changed it since the last
-        checkpoint. Called by `flush` once the ladder has settled (so by `close`).
-
-        Originals put since then need no checkpoint: `resume` leaves them to a replay
-        through the ladder, which takes the same decisions as long as none was taken live.
-        """
-        with self.lock:
-            number, changes, retry_at = self._saved
-            if (changes, retry_at) == (self._changes, self._retry_at) or self._pending is not None:
-                return  # unchanged, or mid-step (a later flush writes it)
-            record = Checkpoint(
-                number=number + 1, next_seq=self._next_seq,
-                working=[(origin, item.tier.value) for origin, item in self._working.items()],
-                frontier=[s.id for s in self._frontier], backlog=[i.id for i in self._backlog],
-                pruned=[i.origin_ids[0] for i in self._pruned], kept=dict(self._kept),
-                released=sorted(self._released & self._working.keys()),  # only these can matter again
-                retry_at=self._retry_at, level=self._level.value if self._level is not None else None,
-            ).to_item()
-            self.config.store.add(self._checkpoint_keys[0], [record], normalize(self.config.embedder.embed([record.text])))
-            self._saved = (number + 1, self._changes, self._retry_at)
-
-    def _restore(self, originals: Mapping[str, ContextItem]) -> int:
-        """Restore the latest checkpoint; returns the `next_seq` it covers (0 without one,
-        or when it names items the archive lacks: the caller then replays all history).
-
-        L2 forms are not archived: they are made again from their originals in one batch.
-        """
-        try:
-            saved = Checkpoint.latest(self.config.store, self._checkpoint_keys)
-        except (KeyError, TypeError, ValueError) as exc:  # damaged, or written by a newer version
-            log.warning("unreadable checkpoint (%r); replaying the history instead", exc)
-            return 0
-        if saved is None:
-            return 0
-        self._saved = (saved.number, -1, -1)  # one that cannot be restored is replaced at the next flush
-        frontier = self._stored_summaries(saved.frontier)
-        named = [o for o, _ in saved.working] + saved.backlog + saved.pruned
-        if len(frontier) != len(saved.frontier) or any(o not in originals for o in named):
-            log.warning("checkpoint %d names items the archive lacks; replaying the history instead", saved.number)
-            return 0
-        compress = [originals[o] for o, tier in saved.working if tier == Tier.L2.value]
-        try:
-            forms = self.config.compressor.compress(compress, self.config.budget.compression_ratio) if compress else []
-        except Exception as exc:
-            log.warning("compressed forms could not be made again (%s); %d items resume verbatim", exc, len(compress))
-            forms = []
-        self._working = _Working((o, originals[o]) for o, _ in saved.working)
-        self._working.update((f.origin_ids[0], f) for f in forms)
-        self._frontier = frontier
-        self._summarized = {o for s in frontier for o in s.source_ids}
-        self._backlog = [originals[o] for o in saved.backlog]
-        self._pruned = [originals[o] for o in saved.pruned]
-        self._kept, self._released = dict(saved.kept), set(saved.released)
-        self._retry_at = saved.retry_at
-        self._level = LadderLevel(saved.level) if saved.level is not None else None
-        self._saved = (saved.number, self._changes, self._retry_at)
-        return saved.next_seq
