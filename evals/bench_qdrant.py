@@ -160,15 +160,15 @@ class _RealText:
 
 
 def _scale_one(engine: str, n: int, tenants: int, dim: int, queries: int, seed: int = 0,
-               text: str = "zipf") -> dict[str, Any]:
-    """One (engine, N) measurement; run in a fresh process by `bench_scale`. `text`: "zipf"
+               corpus: str = "zipf") -> dict[str, Any]:
+    """One (engine, N) measurement; run in a fresh process by `bench_scale`. `corpus`: "zipf"
     (random vectors, synthetic Zipf words: the stress case, common terms in most items) or
     "real" (`_RealText`: real turns and questions, the default embedder's vectors)."""
     from tiered_context import ContextItem
     from tiered_context.qdrant import QdrantColdStore
 
     rng = np.random.default_rng(seed)
-    real = _RealText(_DATA, rng) if text == "real" else None
+    real = _RealText(_DATA, rng) if corpus == "real" else None
     if real is not None:
         dim = real.embedder.dim
 
@@ -234,7 +234,7 @@ def _scale_one(engine: str, n: int, tenants: int, dim: int, queries: int, seed: 
     store.close()
     shutil.rmtree(folder, ignore_errors=True)
     return {
-        "engine": engine, "text": text, "items": n, "tenants": tenants, "items_per_tenant": per, "dim": dim,
+        "engine": engine, "text": corpus, "items": n, "tenants": tenants, "items_per_tenant": per, "dim": dim,
         "ingest_items_per_s": round(n / ingest, 1), "ingest_s": round(ingest, 1),
         "single_add_per_s": round(single_rate, 1),
         "search_p95_during_build_ms": _ms(lat_during, 95) if lat_during else "",
@@ -406,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args._one:
         spec = json.loads(args._one)
         print(json.dumps(_scale_one(spec["engine"], spec["n"], spec["tenants"], spec["dim"], spec["queries"],
-                                    text=spec.get("text", "zipf"))))
+                                    corpus=spec.get("text", "zipf"))))
         return 0
     if args.out is None:
         parser.error("--out DIR is required")

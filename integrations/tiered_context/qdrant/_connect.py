@@ -86,18 +86,19 @@ def connect(*, path: str | os.PathLike[str] | None, url: str | None, api_key: st
     with _LOCK:
         entry = _OPEN.get(key)
         if entry is None:
-            conn = _open(kind, Path(key[1]) if kind != Engine.SERVER else None, url, api_key, timeout)
+            conn = _open(kind, Path(key[1]) if kind != Engine.SERVER else None, url, api_key, timeout, temp is not None)
             entry = _OPEN[key] = [conn, 0]
         entry[1] += 1
         return Handle(key, entry[0], temp)
 
 
-def _open(kind: Engine, path: Path | None, url: str | None, api_key: str | None, timeout: float) -> Any:
+def _open(kind: Engine, path: Path | None, url: str | None, api_key: str | None, timeout: float,
+          temporary: bool = False) -> Any:
     if kind == Engine.EDGE:
         from tiered_context.qdrant._edge import EdgeConnection
 
         assert path is not None
-        return EdgeConnection(path)
+        return EdgeConnection(path, temporary=temporary)
     from tiered_context.qdrant._client import ClientConnection
 
     return ClientConnection(path=path, url=url, api_key=api_key, timeout=timeout)

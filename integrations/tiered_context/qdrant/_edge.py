@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +73,9 @@ class EdgeConnection:
 
     engine = "edge"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, temporary: bool = False) -> None:
         self.path = path
+        self.temporary = temporary  # removed at close: nothing derived is worth saving
         try:
             path.mkdir(parents=True, exist_ok=True)
             self._lock_file = open(path / ".lock", "a+")  # noqa: SIM115 - held until close()
@@ -92,6 +93,7 @@ class EdgeConnection:
             self._lock_file.close()
             raise StoreError(f"the Qdrant directory {path} is not writable; pass a writable path=")
         self._open: dict[str, EdgeCollection] = {}
+        self.on_close: list[Callable[[], None]] = []  # run first at close (statistics snapshots)
 
     def stored_meta(self, name: str) -> Any | None:
         """The stored metadata of collection `name`, or None if it does not exist."""
@@ -113,6 +115,9 @@ class EdgeConnection:
         return self._open[spec.name]
 
     def close(self) -> None:
+        for hook in self.on_close:
+            hook()
+        self.on_close.clear()
         for coll in self._open.values():
             coll.close()
         self._open.clear()

@@ -1,13 +1,15 @@
 """State shared by every store object on one engine and collection in this process.
 
 Derived, in-memory, and rebuilt from Qdrant whenever it is missing: per-tenant signal
-statistics (`_stats.TenantStats`), a read cache of items (items are immutable: an id
+statistics (`_stats.TenantStats`; an embedded store saves them at a clean close and loads
+them back, `_snapshots`), a read cache of items (items are immutable: an id
 never changes content, so a cached item is never stale; deletes evict the tenant), and
 the last query's scored parts (the assembler scores its candidates twice).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -18,6 +20,7 @@ import numpy as np
 from tiered_context.core import ContextItem
 from tiered_context.qdrant._engine import SPARSE, Record
 from tiered_context.qdrant._payload import doc_terms, from_payload
+from tiered_context.qdrant._snapshots import Snapshots
 from tiered_context.qdrant._stats import TenantStats, doc_weights
 from tiered_context.qdrant._tenancy import Scope, scope
 
@@ -26,11 +29,13 @@ __all__ = ["LOAD_ON_WRITE", "PAGE", "WRITE_BATCH", "State", "scroll_all", "share
 PAGE = 1024  # points per scroll request
 WRITE_BATCH = 512  # points per write request to a server (request size limits)
 LOAD_ON_WRITE = 2048  # a write loads a tenant's statistics only up to this size
+log = logging.getLogger("tiered_context")
 
 
 class State:
-    def __init__(self, cached_items: int) -> None:
+    def __init__(self, cached_items: int, snapshots: Snapshots | None = None) -> None:
         self.lock = threading.RLock()
+        self.snapshots = snapshots  # an embedded collection's saved statistics (None: a server)
         self.coll: Any = None
         self.stats: OrderedDict[str, TenantStats] = OrderedDict()
         self.lengths = [0, 0]  # total terms and documents written through this engine
@@ -54,6 +59,21 @@ class State:
             if len(self.by_seq) > 2 * self.cached_items:
                 for k in [k for k, v in self.by_seq.items() if (k[0], v) not in self.items]:
                     del self.by_seq[k]
+
+    def before_write(self, tenant: str) -> None:
+        """Called under the lock before any write to `tenant` reaches the collection."""
+        if self.snapshots is not None:
+            self.snapshots.before_write(tenant)
+
+    def save(self) -> None:
+        """At a clean close of the engine: save the statistics in memory (embedded only)."""
+        if self.snapshots is None:
+            return
+        with self.lock:
+            try:
+                self.snapshots.save(self.stats)
+            except OSError as exc:  # a full disk costs the next open a scan, nothing else
+                log.warning("statistics snapshots not saved (%s); the next open rebuilds them", exc)
 
     def forget(self, tenant: str) -> None:
         with self.lock:
@@ -79,8 +99,11 @@ class State:
             if stats is not None:
                 self.stats.move_to_end(tenant)
                 return stats
-            stats = TenantStats(coll.dim)
-            records = scroll_all(coll, scope(tenant), with_vectors=True, payload=["len"])
+            saved = None
+            if self.snapshots is not None and self.snapshots.trusted:
+                saved = self.snapshots.load(tenant, coll.dim, coll.count(scope(tenant)))
+            stats = saved or TenantStats(coll.dim)
+            records = [] if saved is not None else scroll_all(coll, scope(tenant), with_vectors=True, payload=["len"])
             if records:
                 dense = np.stack([r.dense for r in records])
                 stats.add(dense, [r.sparse or {} for r in records], [int(r.payload.get("len", 0)) for r in records])
@@ -129,9 +152,16 @@ _LOCK = threading.Lock()
 
 
 def shared_state(conn: Any, collection: str, cached_items: int) -> State:
-    """The one `State` of `collection` on connection `conn` (created on first use)."""
+    """The one `State` of `collection` on connection `conn` (created on first use; on an
+    embedded connection with statistics snapshots, saved when the connection closes)."""
     with _LOCK:
         states = conn.__dict__.setdefault("_tiered_state", {})
         if collection not in states:
-            states[collection] = State(cached_items)
+            on_close = getattr(conn, "on_close", None)
+            if getattr(conn, "temporary", True):
+                on_close = None
+            snapshots = Snapshots(conn.path / collection / "stats") if on_close is not None else None
+            states[collection] = State(cached_items, snapshots)
+            if on_close is not None:
+                on_close.append(states[collection].save)
         return states[collection]

@@ -161,6 +161,7 @@ class QdrantColdStore:
             sparse = [doc_weights(t, avgdl) for t in toks]
             points = [PointData(point_id(tenant, item.id), u, sp, to_payload(tenant, item, len(t)))
                       for (item, _), u, sp, t in zip(fresh, unit, sparse, toks)]
+            self._state.before_write(tenant)
             self._write(tenant, coll, points)
             self._lengths[0] += batch_len
             self._lengths[1] += len(toks)
@@ -196,6 +197,7 @@ class QdrantColdStore:
         if not ids or self._coll is None:
             return
         with self._lock:
+            self._state.before_write(tenant)
             self._coll.delete(where)
             self._state.forget(tenant)
             self._stats.pop(tenant, None)  # rebuilt from Qdrant on next use
@@ -209,6 +211,7 @@ class QdrantColdStore:
             scope(tenant)
             return
         with self._lock:
+            self._state.before_write(tenant)
             self._coll.delete(scope(tenant))
             self._state.forget(tenant)
             self._stats.pop(tenant, None)
