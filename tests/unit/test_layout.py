@@ -251,6 +251,7 @@ EXPECTED_ALL: dict[str, list[str]] = {
         "ScoringConfig",
         "SearchResult",
         "SelfInformationCompressor",
+        "SharedTwins",
         "SignalStats",
         "StoreKind",
         "Summarizer",
@@ -258,6 +259,7 @@ EXPECTED_ALL: dict[str, list[str]] = {
         "SummaryError",
         "SummaryRejected",
         "Tier",
+        "ThreadedTwins",
         "TieredContext",
         "TokenCounter",
         "Turn",
@@ -277,7 +279,9 @@ EXPECTED_ALL: dict[str, list[str]] = {
         "disk_usage",
         "encode_record",
         "enforce",
+        "free_bytes",
         "fsync_dir",
+        "fsync_file",
         "header",
         "move_aside",
         "normalize",
@@ -535,6 +539,9 @@ ALLOWED_PRIVATE: dict[str, list[str]] = {
     ],
     "tests/integration/test_qdrant_index_build.py": [
         "tiered_context.qdrant._indexer",
+    ],
+    "tests/integration/test_qdrant_snapshots.py": [
+        "tiered_context.qdrant._state",
     ],
     "tests/integration/test_qdrant_store.py": [
         "tiered_context.langchain._cache",

@@ -22,7 +22,7 @@ from tiered_context.core._conversation import (
     enforce,
     recalled_block,
 )
-from tiered_context.core._durable import disk_usage, fsync_dir, move_aside, read_json, write_atomic, write_json_atomic
+from tiered_context.core._durable import disk_usage, free_bytes, fsync_dir, fsync_file, move_aside, read_json, write_atomic, write_json_atomic
 from tiered_context.core._embed import Embedder, MiniLMEmbedder, WordLlamaEmbedder, WrappedEmbedder, normalize
 from tiered_context.core._enums import Compaction, Compression, StoreKind
 from tiered_context.core._facts import Fact, FactCheck, check_facts
@@ -37,7 +37,7 @@ from tiered_context.core._namespace import Kind, Namespace, check_id
 from tiered_context.core._render import day_of, header, speaker
 from tiered_context.core._result import AssembledContext, AssemblyReport
 from tiered_context.core._scoring import PreferenceModel, ScoreParts, Scorer, ScoringConfig
-from tiered_context.core._store import ColdStore, Hit, LocalColdStore, SearchResult, SignalStats, search_text
+from tiered_context.core._store import ColdStore, Hit, LocalColdStore, SearchResult, SharedTwins, SignalStats, ThreadedTwins, search_text
 from tiered_context.core._summarize import (
     ExtractiveSummarizer,
     Summarizer,
@@ -85,7 +85,9 @@ __all__ = [
     "ScoringConfig",
     "SearchResult",
     "SelfInformationCompressor",
+    "SharedTwins",
     "SignalStats",
+    "ThreadedTwins",
     "StoreKind",
     "Summarizer",
     "SummaryConfig",
@@ -109,9 +111,11 @@ __all__ = [
     "day_of",
     "decode_record",
     "disk_usage",
+    "free_bytes",
     "encode_record",
     "enforce",
     "fsync_dir",
+    "fsync_file",
     "header",
     "move_aside",
     "normalize",

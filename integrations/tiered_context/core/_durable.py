@@ -24,7 +24,7 @@ from typing import Any
 
 from tiered_context.errors import StoreError
 
-__all__ = ["disk_usage", "fsync_dir", "move_aside", "read_json", "write_atomic", "write_json_atomic"]
+__all__ = ["disk_usage", "free_bytes", "fsync_dir", "fsync_file", "move_aside", "read_json", "write_atomic", "write_json_atomic"]
 
 log = logging.getLogger("tiered_context")
 
@@ -111,6 +111,24 @@ def fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    """fsync the file at `path` (its data reaches the disk before what follows)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes an unprivileged process can still write on `path`'s filesystem (None: unknown)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def disk_usage(folder: Path) -> int:

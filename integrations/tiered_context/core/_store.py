@@ -33,7 +33,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -42,7 +42,7 @@ from tiered_context.core._journal import DamagedRecord, _encode_line, _Journal, 
 from tiered_context.core._lexical import BM25Index
 from tiered_context.errors import DuplicateItemError, StoreError
 
-__all__ = ["ColdStore", "Hit", "LocalColdStore", "SearchResult", "SignalStats", "search_text"]
+__all__ = ["ColdStore", "Hit", "LocalColdStore", "SearchResult", "SharedTwins", "SignalStats", "ThreadedTwins", "search_text"]
 
 log = logging.getLogger("tiered_context")
 
@@ -92,6 +92,45 @@ class ColdStore(Protocol):
     def items(self, tenant: str) -> list[ContextItem]: ...
 
     def count(self, tenant: str) -> int: ...
+
+
+class ThreadedTwins:
+    """The async twins of a blocking `ColdStore` (a mixin): each runs its sync method in a
+    worker thread, so the event loop keeps running while the database or the disk works."""
+
+    async def aadd(self, tenant: str, items: Sequence[ContextItem], vectors: np.ndarray) -> None:
+        await asyncio.to_thread(self.add, tenant, items, vectors)  # type: ignore[attr-defined]
+
+    async def aget(self, tenant: str, ids: Iterable[str]) -> list[ContextItem]:
+        return await asyncio.to_thread(self.get, tenant, list(ids))  # type: ignore[attr-defined]
+
+    async def aget_by_seq(self, tenant: str, seqs: Iterable[int]) -> list[ContextItem]:
+        return await asyncio.to_thread(self.get_by_seq, tenant, list(seqs))  # type: ignore[attr-defined]
+
+    async def aitems(self, tenant: str) -> list[ContextItem]:
+        return await asyncio.to_thread(self.items, tenant)  # type: ignore[attr-defined]
+
+    async def acount(self, tenant: str, *, originals_only: bool = True) -> int:
+        return await asyncio.to_thread(self.count, tenant, originals_only=originals_only)  # type: ignore[attr-defined]
+
+    async def asearch(self, tenant: str, query: str, vector: np.ndarray, *, limit: int, **filters: Any) -> SearchResult:
+        return await asyncio.to_thread(lambda: self.search(tenant, query, vector, limit=limit, **filters))  # type: ignore[attr-defined]
+
+    async def ascore(self, tenant: str, query: str, vector: np.ndarray, ids: Iterable[str]) -> dict[str, tuple[float, float]]:
+        return await asyncio.to_thread(self.score, tenant, query, vector, list(ids))  # type: ignore[attr-defined]
+
+
+class SharedTwins(ThreadedTwins):
+    """`ThreadedTwins` plus those of a store many workers share (`core.catchup.SharedColdStore`)."""
+
+    async def anext_seqs(self, tenant: str, n: int) -> range:
+        return await asyncio.to_thread(self.next_seqs, tenant, n)  # type: ignore[attr-defined]
+
+    async def awatermark(self, tenant: str) -> int:
+        return await asyncio.to_thread(self.watermark, tenant)  # type: ignore[attr-defined]
+
+    async def asince(self, tenant: str, watermark: int, *, limit: int | None = None) -> list[ContextItem]:
+        return await asyncio.to_thread(self.since, tenant, watermark, limit=limit)  # type: ignore[attr-defined]
 
 
 class _Partition:

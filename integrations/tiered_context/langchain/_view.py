@@ -34,7 +34,6 @@ from tiered_context.core import (
     REPLY_PRIMING,
     AssembledContext,
     ContextItem,
-    TokenCounter,
     Turn,
     current_exchange,
     enforce,

@@ -122,3 +122,33 @@ class MomentsCache:
     def saved(self, tenant: Any, pos: int) -> None:
         with self._lock:
             self._saved[tenant] = max(self._saved.get(tenant, 0), pos)
+
+    # -- in the database (the table `tiered_context_moments`) -----------------------------
+    def read_at(self, cur: Any, tid: int, n: int, dim: int) -> Moments:
+        """`at` for tenant row `tid`, reading vectors and the saved snapshot through `cur`."""
+        def read(after: int, upto: int) -> np.ndarray:
+            cur.execute("SELECT vec FROM tiered_context_items WHERE tenant = %s AND pos > %s AND pos <= %s ORDER BY pos",
+                        (tid, after, upto))
+            rows = cur.fetchall()
+            return np.stack([r[0] for r in rows]) if rows else np.zeros((0, dim), dtype=np.float32)
+
+        def load() -> Moments | None:
+            cur.execute("SELECT pos, dim, s, m FROM tiered_context_moments WHERE tenant = %s", (tid,))
+            row = cur.fetchone()
+            return Moments.from_bytes(*row) if row is not None else None
+
+        return self.at(tid, n, dim, read, load)
+
+    def save(self, conn: Any, tid: int, moments: Moments) -> None:
+        """Snapshot the moments every `SNAPSHOT_EVERY` records (outside the read snapshot)."""
+        if not self.snapshot_due(tid, moments):
+            return
+        from psycopg.rows import tuple_row
+
+        s, m = moments.to_bytes()
+        with conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute("INSERT INTO tiered_context_moments (tenant, pos, dim, s, m) VALUES (%s, %s, %s, %s, %s) "
+                        "ON CONFLICT (tenant) DO UPDATE SET pos = EXCLUDED.pos, dim = EXCLUDED.dim, s = EXCLUDED.s, "
+                        "m = EXCLUDED.m WHERE tiered_context_moments.pos < EXCLUDED.pos",
+                        (tid, moments.pos, moments.dim, s, m))
+        self.saved(tid, moments.pos)

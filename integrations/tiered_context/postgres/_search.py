@@ -119,7 +119,7 @@ def search(store: PostgresColdStore, conn: Any, tid: int, query: str, vector: np
                 dense.execute(_EXACT, (tid, Vector(q), k))
                 nearest = dense.fetchall()
             top.update(int(r[0]) for r in nearest[:k])
-        moments = store._moments_at(store._cursor(conn), tid, n, dim)  # noqa: SLF001
+        moments = store._moments.read_at(store._cursor(conn), tid, n, dim)  # noqa: SLF001
         hits: list[Hit] = []
         if top and k > 0:
             ordered = sorted(top)
@@ -139,7 +139,7 @@ def search(store: PostgresColdStore, conn: Any, tid: int, query: str, vector: np
                 lex_scores.update((int(p), float(s)) for p, s in miss_cur.fetchall())
             hits = [Hit(store._items.decode(tid, int(p), records.get(int(p))), lex_scores.get(int(p), 0.0), float(d))  # noqa: SLF001
                     for p, d in dense_rows]
-    store._save_moments(conn, tid, moments)  # noqa: SLF001
+    store._moments.save(conn, tid, moments)  # noqa: SLF001
     return SearchResult(hits, _stats(s1, s2, n, moments, q))
 
 

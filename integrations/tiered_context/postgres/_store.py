@@ -22,7 +22,6 @@ its dense statistics (``d x d`` floats, see `_moments`).
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -31,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from tiered_context.core import ContextItem, SearchResult, SignalStats, search_text, terms
+from tiered_context.core import ContextItem, SearchResult, SignalStats, SharedTwins, search_text, terms
 from tiered_context.errors import ConfigError, DuplicateItemError, StoreError
 from tiered_context.postgres import _search
-from tiered_context.postgres._moments import Moments, MomentsCache
+from tiered_context.postgres._moments import MomentsCache
 from tiered_context.postgres._records import ItemCache, item_id, tenant_key, to_item, to_record
 from tiered_context.postgres._schema import HNSW_MAX_DIM, SCHEMA_VERSION, Vector, adapters_for, hnsw_index_sql, setup_sql
 
@@ -52,7 +51,7 @@ def _is_pool(value: Any) -> bool:
     return isinstance(value, ConnectionPool)
 
 
-class PostgresColdStore:
+class PostgresColdStore(SharedTwins):
     """A `ColdStore` in PostgreSQL + pgvector that any number of worker processes share.
 
     Setup::
@@ -400,63 +399,6 @@ class PostgresColdStore:
             if tid is None:
                 return {}
             return _search.score(self, conn, tid, query, vector, wanted)
-
-    def _moments_at(self, cur: Any, tid: int, n: int, dim: int) -> Moments:
-        def read(after: int, upto: int) -> np.ndarray:
-            cur.execute("SELECT vec FROM tiered_context_items WHERE tenant = %s AND pos > %s AND pos <= %s ORDER BY pos",
-                        (tid, after, upto))
-            rows = cur.fetchall()
-            return np.stack([r[0] for r in rows]) if rows else np.zeros((0, dim), dtype=np.float32)
-
-        def load() -> Moments | None:
-            cur.execute("SELECT pos, dim, s, m FROM tiered_context_moments WHERE tenant = %s", (tid,))
-            row = cur.fetchone()
-            return Moments.from_bytes(*row) if row is not None else None
-
-        return self._moments.at(tid, n, dim, read, load)
-
-    def _save_moments(self, conn: Any, tid: int, moments: Moments) -> None:
-        """Snapshot the moments every `SNAPSHOT_EVERY` records (outside the read snapshot)."""
-        if not self._moments.snapshot_due(tid, moments):
-            return
-        s, m = moments.to_bytes()
-        with conn.cursor(row_factory=tuple_row) as cur:
-            cur.execute("INSERT INTO tiered_context_moments (tenant, pos, dim, s, m) VALUES (%s, %s, %s, %s, %s) "
-                        "ON CONFLICT (tenant) DO UPDATE SET pos = EXCLUDED.pos, dim = EXCLUDED.dim, s = EXCLUDED.s, "
-                        "m = EXCLUDED.m WHERE tiered_context_moments.pos < EXCLUDED.pos",
-                        (tid, moments.pos, moments.dim, s, m))
-        self._moments.saved(tid, moments.pos)
-
-    # -- async twins ---------------------------------------------------------------------
-    async def aadd(self, tenant: str, items: Sequence[ContextItem], vectors: np.ndarray) -> None:
-        await asyncio.to_thread(self.add, tenant, items, vectors)
-
-    async def aget(self, tenant: str, ids: Iterable[str]) -> list[ContextItem]:
-        return await asyncio.to_thread(self.get, tenant, list(ids))
-
-    async def aget_by_seq(self, tenant: str, seqs: Iterable[int]) -> list[ContextItem]:
-        return await asyncio.to_thread(self.get_by_seq, tenant, list(seqs))
-
-    async def aitems(self, tenant: str) -> list[ContextItem]:
-        return await asyncio.to_thread(self.items, tenant)
-
-    async def acount(self, tenant: str, *, originals_only: bool = True) -> int:
-        return await asyncio.to_thread(self.count, tenant, originals_only=originals_only)
-
-    async def asearch(self, tenant: str, query: str, vector: np.ndarray, *, limit: int) -> SearchResult:
-        return await asyncio.to_thread(self.search, tenant, query, vector, limit=limit)
-
-    async def ascore(self, tenant: str, query: str, vector: np.ndarray, ids: Iterable[str]) -> dict[str, tuple[float, float]]:
-        return await asyncio.to_thread(self.score, tenant, query, vector, list(ids))
-
-    async def anext_seqs(self, tenant: str, n: int) -> range:
-        return await asyncio.to_thread(self.next_seqs, tenant, n)
-
-    async def awatermark(self, tenant: str) -> int:
-        return await asyncio.to_thread(self.watermark, tenant)
-
-    async def asince(self, tenant: str, watermark: int, *, limit: int | None = None) -> list[ContextItem]:
-        return await asyncio.to_thread(self.since, tenant, watermark, limit=limit)
 
     # -- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:

@@ -36,7 +36,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 
     raise missing_extra("qdrant-edge-py", "qdrant") from exc
 
-from tiered_context.core import write_atomic
+from tiered_context.core import free_bytes, fsync_file, write_atomic
 from tiered_context.errors import StoreError
 from tiered_context.qdrant import _indexer
 from tiered_context.qdrant._engine import (DENSE, SPARSE, CollectionSpec, FusionMode, PointData, Query, Record, record_from_point as _record,
@@ -45,7 +45,7 @@ from tiered_context.qdrant._tenancy import TENANT_FIELD, Scope, require
 
 log = logging.getLogger("tiered_context")
 
-__all__ = ["INDEX_AFTER", "MIN_FREE_BYTES", "EdgeConnection", "free_bytes"]
+__all__ = ["INDEX_AFTER", "MIN_FREE_BYTES", "EdgeConnection"]
 
 #: Unindexed points that start a background HNSW build (`qdrant._indexer`): below it an
 #: exact scan of the unindexed part costs a few ms; None turns automatic builds off.
@@ -57,15 +57,6 @@ INDEX_AFTER = 50_000
 #: and vector pages; sparse, so the disk fills as they are written), and one write may
 #: open a fresh region of the log and of a segment at once: two regions of headroom.
 MIN_FREE_BYTES = 64 * 2**20
-
-
-def free_bytes(path: Path) -> int | None:
-    """Bytes an unprivileged process can still write on `path`'s filesystem (None: unknown)."""
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return None
-    return st.f_bavail * st.f_frsize
 
 
 class EdgeConnection:
@@ -368,7 +359,7 @@ class EdgeCollection:
             if f.name.startswith("closed-") and f.name in synced:
                 continue
             try:
-                _fsync_file(f)
+                fsync_file(f)
             except FileNotFoundError:  # a log segment truncated away meanwhile: already flushed
                 continue
             if f.name.startswith("closed-"):
@@ -404,11 +395,3 @@ def _size(point: PointData) -> int:
     """About how many bytes `point` takes once stored: vectors and payload."""
     sparse = len(point.sparse[0]) if point.sparse else 0
     return 4 * len(point.dense) + 8 * sparse + len(repr(point.payload))
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -21,13 +21,12 @@ and assembly. On top of the embedded store's behaviour:
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from typing import Any
 
 import numpy as np
 
-from tiered_context.core import ContextItem
+from tiered_context.core import ContextItem, SharedTwins
 from tiered_context.errors import ConfigError
 from tiered_context.qdrant._log import POS, SEQ, Claims, log_spec
 from tiered_context.qdrant._payload import from_payload
@@ -45,7 +44,7 @@ _RECORD_FIELDS = ["tenant", "id", "text", "role", "timestamp", "tokens", "tier",
                   "source_ids", "seq", "form", "len", "n", "deleted"]
 
 
-class SharedQdrantColdStore(QdrantColdStore):
+class SharedQdrantColdStore(QdrantColdStore, SharedTwins):
     """A `QdrantColdStore` on a server, shared by any number of workers (see the module).
 
     Setup: ``QdrantColdStore(url="http://qdrant:6333")`` returns one. Use: as any store;
@@ -85,15 +84,6 @@ class SharedQdrantColdStore(QdrantColdStore):
         scope(tenant)
         slots = self._claims().read(tenant, POS, int(position), payload=_RECORD_FIELDS, limit=limit)
         return [from_payload(r.payload) for r in slots if not r.payload.get("deleted")]
-
-    async def anext_seqs(self, tenant: str, n: int) -> range:
-        return await asyncio.to_thread(self.next_seqs, tenant, n)
-
-    async def awatermark(self, tenant: str) -> int:
-        return await asyncio.to_thread(self.watermark, tenant)
-
-    async def asince(self, tenant: str, position: int, *, limit: int | None = None) -> list[ContextItem]:
-        return await asyncio.to_thread(self.since, tenant, position, limit=limit)
 
     def items(self, tenant: str) -> list[ContextItem]:
         """Every record of `tenant`, read from the log (what catch-up reads), in history order."""

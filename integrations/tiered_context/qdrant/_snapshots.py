@@ -16,7 +16,7 @@ exactly what the shard holds, which this module guarantees with one marker file:
   and a damaged or foreign file is ignored: the statistics are rebuilt from Qdrant, as
   they always could be. Nothing here is needed for correctness, only for speed.
 
-Files: ``<collection folder>/stats/<blake2b of the tenant>.npz`` (numpy arrays only, loaded
+Files: ``<store path>/.stats/<collection>/<blake2b of the tenant>.npz`` (numpy arrays only, loaded
 without pickle) and ``VALID``.
 """
 

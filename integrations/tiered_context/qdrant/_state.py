@@ -160,7 +160,7 @@ def shared_state(conn: Any, collection: str, cached_items: int) -> State:
             on_close = getattr(conn, "on_close", None)
             if getattr(conn, "temporary", True):
                 on_close = None
-            snapshots = Snapshots(conn.path / collection / "stats") if on_close is not None else None
+            snapshots = Snapshots(conn.path / ".stats" / collection) if on_close is not None else None
             states[collection] = State(cached_items, snapshots)
             if on_close is not None:
                 on_close.append(states[collection].save)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from tiered_context.core import ContextItem, SearchResult, normalize, terms
+from tiered_context.core import ContextItem, SearchResult, ThreadedTwins, normalize, terms
 from tiered_context.errors import ConfigError, DuplicateItemError, StoreError
 from tiered_context.qdrant import _search
 from tiered_context.qdrant._connect import connect
@@ -25,7 +25,7 @@ __all__ = ["QdrantColdStore"]
 log = logging.getLogger("tiered_context")
 
 
-class QdrantColdStore:
+class QdrantColdStore(ThreadedTwins):
     """The L3 cold tier in Qdrant: hybrid (dense + BM25) search, tenant-isolated, durable.
 
     Setup::
@@ -187,9 +187,6 @@ class QdrantColdStore:
                 self._stats.pop(tenant, None)  # maybe half reweighted: rebuilt from Qdrant on next use
                 log.warning("BM25 reweighting of tenant %r postponed (%s)", tenant, exc)
 
-    async def aadd(self, tenant: str, items: Sequence[ContextItem], vectors: np.ndarray) -> None:
-        await asyncio.to_thread(self.add, tenant, items, vectors)
-
     def delete(self, tenant: str, ids: Iterable[str]) -> None:
         """Remove `ids` of `tenant` from the archive (ids of other tenants are untouched)."""
         ids = list(ids)
@@ -207,12 +204,12 @@ class QdrantColdStore:
 
     def drop_tenant(self, tenant: str) -> None:
         """Remove every item of `tenant` (a session's right to be forgotten)."""
+        where = scope(tenant)  # validates the tenant before anything else
         if self._coll is None:
-            scope(tenant)
             return
         with self._lock:
             self._state.before_write(tenant)
-            self._coll.delete(scope(tenant))
+            self._coll.delete(where)
             self._state.forget(tenant)
             self._stats.pop(tenant, None)
 
@@ -283,9 +280,6 @@ class QdrantColdStore:
         return _search.search(self, tenant, query, vector, limit=limit, tiers=tiers, roles=roles, since=since,
                               until=until)
 
-    async def asearch(self, tenant: str, query: str, vector: np.ndarray, *, limit: int, **filters: Any) -> SearchResult:
-        return await asyncio.to_thread(lambda: self.search(tenant, query, vector, limit=limit, **filters))
-
     def score(self, tenant: str, query: str, vector: np.ndarray, ids: Iterable[str]) -> dict[str, tuple[float, float]]:
         """(bm25, cosine) of each of `ids` stored under `tenant` (others are absent)."""
         ids = list(ids)
@@ -296,21 +290,6 @@ class QdrantColdStore:
         with self._lock:
             idf = self._tenant_stats(tenant).idf(terms(query))
         return _search.parts(self, tenant, q, (list(idf), list(idf.values())) if idf else None, ids)
-
-    async def ascore(self, tenant: str, query: str, vector: np.ndarray, ids: Iterable[str]) -> dict[str, tuple[float, float]]:
-        return await asyncio.to_thread(self.score, tenant, query, vector, list(ids))
-
-    async def aget(self, tenant: str, ids: Iterable[str]) -> list[ContextItem]:
-        return await asyncio.to_thread(self.get, tenant, list(ids))
-
-    async def aget_by_seq(self, tenant: str, seqs: Iterable[int]) -> list[ContextItem]:
-        return await asyncio.to_thread(self.get_by_seq, tenant, list(seqs))
-
-    async def aitems(self, tenant: str) -> list[ContextItem]:
-        return await asyncio.to_thread(self.items, tenant)
-
-    async def acount(self, tenant: str, *, originals_only: bool = True) -> int:
-        return await asyncio.to_thread(self.count, tenant, originals_only=originals_only)
 
     # -- housekeeping ------------------------------------------------------------------
     def flush(self) -> None:
