@@ -135,6 +135,13 @@ def test_scripts_without_spaces_are_verbatim(compressor: SelfInformationCompress
     assert compressor.compress_text(text, ratio=0.5) == text
 
 
+def test_load_languages_loads_the_tables_a_server_will_need() -> None:
+    from tiered_context.core import load_languages
+
+    texts = ["We moved the launch to May. Der Start ist nicht im Mai und ich bin nicht da.", "", "\n\n"]
+    assert load_languages(texts) == ["en", "de"]
+
+
 @pytest.mark.parametrize("text, lang, kept", [
     ("Bueno, la verdad es que movimos el lanzamiento de Lisboa al 3 de mayo porque la revisión de seguridad "
      "no estaba lista todavía y el equipo necesitaba más tiempo.", "es", ["Lisboa", "3"]),

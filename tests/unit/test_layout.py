@@ -283,6 +283,7 @@ EXPECTED_ALL: dict[str, list[str]] = {
         "fsync_dir",
         "fsync_file",
         "header",
+        "load_languages",
         "move_aside",
         "normalize",
         "plain_metadata",

@@ -26,7 +26,7 @@ from tiered_context.core._durable import disk_usage, free_bytes, fsync_dir, fsyn
 from tiered_context.core._embed import Embedder, MiniLMEmbedder, WordLlamaEmbedder, WrappedEmbedder, normalize
 from tiered_context.core._enums import Compaction, Compression, StoreKind
 from tiered_context.core._facts import Fact, FactCheck, check_facts
-from tiered_context.core._importance import self_information
+from tiered_context.core._importance import load_languages, self_information
 from tiered_context.core._items import ContextItem, Role, Tier, coerce_text
 from tiered_context.core._journal import DamagedRecord, decode_record, encode_record
 from tiered_context.core._lexical import BM25Index, terms
@@ -117,6 +117,7 @@ __all__ = [
     "fsync_dir",
     "fsync_file",
     "header",
+    "load_languages",
     "move_aside",
     "normalize",
     "plain_metadata",

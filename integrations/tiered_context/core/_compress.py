@@ -107,6 +107,7 @@ COHESION = 0.5
 ADVERB_PENALTY = 3.0
 OPENER_PENALTY = 3.0
 GENERIC_BASE = 396.0
+_PLAIN, _CAPITAL, _PROTECTED, _PUNCTUATION = range(4)  # kinds of `SelfInformationCompressor._entry`
 _SPAN = re.compile(
     # a leading date and/or speaker prefix of a line: "[2023-05-08] Caroline:", "Speaker A:",
     # "[10:42]": who said what and when is never compressed away
@@ -160,6 +161,7 @@ class SelfInformationCompressor:
         self.scorer = scorer
         self._models: dict[str, Surprisal] = {}
         self._costs: dict[str, int] = {}
+        self._lexicons: dict[str, dict[str, tuple]] = {}  # lang -> word -> `_entry`
         self._lock = threading.Lock()
         # (text, tokens, ratio) -> (form text, form tokens): the ladder (L1 -> L2) and the
         # assembler (forms of candidates) ask for the same items' forms; each is made once
@@ -236,6 +238,38 @@ class SelfInformationCompressor:
                 self._costs[piece] = n
         return n
 
+    def _lexicon(self, lang: str) -> dict[str, tuple]:
+        table = self._lexicons.get(lang)
+        if table is None:
+            table = self._lexicons.setdefault(lang, {})
+        return table
+
+    def _entry(self, word: str, lang: str) -> tuple:
+        """What `_words` needs of one whitespace-separated `word` in `lang`, whatever its
+        context: (piece, kind, lower, unigram bits, word-class bits, ordinary opener,
+        trailing punctuation, its bits). Made once per distinct word."""
+        english = lang == "en"
+        core = word.strip(PUNCT)
+        punct = 200.0 if english else 0.0
+        if not core:
+            return word, _PUNCTUATION, "", 0.0, 0.0, False, "", _PUNCT_BITS.get(word, 2.0) + punct
+        lead = word[: word.index(core[0])]
+        tail = word[len(lead) + len(core):]
+        tail_bits = _PUNCT_BITS.get(tail, 2.0) + punct if tail else 0.0
+        lower = core.lower().translate(APOSTROPHES)
+        model = self._model(lang)
+        if DIGIT.search(core) or lower in PROTECTED_WORDS or "_" in core or "." in core or "/" in core:
+            return lead + core, _PROTECTED, lower, 0.0, 0.0, False, tail, tail_bits
+        cased = lang not in ("ko", "ar", "he", "hi", "bn", "ta")
+        kind, opener = _PLAIN, False
+        if cased and (core[0].isupper() or core[1:2].isupper()) and lower not in _NOT_NAMES:
+            kind, opener = _CAPITAL, (ordinary_opener(lower) if english else model.common(lower))
+        cls = 0.0
+        if english:
+            cls = (0.0 if lower in _FILLERS else 100.0 if lower in _HEDGES else 200.0 if lower in _FUNCTION
+                   else 300.0 if lower in _GLUE else GENERIC_BASE if lower in _GENERIC else _CONTENT_BASE)
+        return lead + core, kind, lower, model(lower), cls, opener, tail, tail_bits
+
     def _prune(self, text: str, target: int, query: frozenset[str] = frozenset()) -> str:
         # 1. pieces: (text, bits or None if protected, joins the previous piece without a space)
         pieces: list[list[Any]] = []  # [text, bits, glue, line]
@@ -284,8 +318,7 @@ class SelfInformationCompressor:
         if not words_all:
             return line + len(lines) - 1
         lang = self.lang or detect_language([w.strip(PUNCT).lower() for w in words_all[:60]])
-        model = self._model(lang)
-        cased = lang not in ("ko", "ar", "he", "hi", "bn", "ta")
+        lexicon = self._lexicon(lang)
         english = lang == "en"
         seen: set[str] = set()
         weak: set[int] = set()  # protected time, number and negation words (not names)
@@ -297,28 +330,25 @@ class SelfInformationCompressor:
                 line += 1
                 start = True
             for word in ln.split():
-                core = word.strip(PUNCT)
                 in_context = next(contextual) if contextual is not None else None
-                if not core:  # punctuation or emoji alone
-                    pieces.append([word, _PUNCT_BITS.get(word, 2.0) + (200.0 if english else 0.0), False, line])
+                entry = lexicon.get(word)
+                if entry is None:
+                    entry = self._entry(word, lang)
+                    if len(lexicon) < 500_000:
+                        lexicon[word] = entry
+                piece, kind, lower, unigram, cls, opener, tail, tail_bits = entry
+                if kind == _PUNCTUATION:  # punctuation or emoji alone
+                    pieces.append([piece, tail_bits, False, line])
                     start = word[-1] in ".!?"
                     continue
-                lead = word[: word.index(core[0])]
-                tail = word[len(lead) + len(core):]
-                lower = core.lower().translate(APOSTROPHES)
-                if DIGIT.search(core) or lower in PROTECTED_WORDS or "_" in core or "." in core or "/" in core:
+                if kind == _PROTECTED:
                     bits = None
                     weak.add(len(pieces))
-                elif cased and (core[0].isupper() or core[1:2].isupper()) and lower not in _NOT_NAMES and (
-                    not start or not (ordinary_opener(lower) if english else model.common(lower))
-                ):
+                elif kind == _CAPITAL and (not start or not opener):
                     bits = None  # a name (or an acronym)
                 else:
-                    bits = model(lower) if in_context is None else in_context
+                    bits = (unigram if in_context is None else in_context) + cls
                     if english:
-                        bits += (0.0 if lower in _FILLERS else 100.0 if lower in _HEDGES else 200.0
-                                 if lower in _FUNCTION else 300.0 if lower in _GLUE else GENERIC_BASE if lower in _GENERIC
-                                 else _CONTENT_BASE)
                         if lower in seen and in_context is None:  # said again: predictable from the context
                             bits -= 4.0
                         if bits >= _CONTENT_BASE:
@@ -327,9 +357,9 @@ class SelfInformationCompressor:
                             if start:
                                 bits -= OPENER_PENALTY
                         seen.add(lower)
-                pieces.append([lead + core, bits, False, line])
+                pieces.append([piece, bits, False, line])
                 if tail:
-                    pieces.append([tail, _PUNCT_BITS.get(tail, 2.0) + (200.0 if english else 0.0), True, line])
+                    pieces.append([tail, tail_bits, True, line])
                 start = tail[-1:] in ".!?:" if tail else False
         if english and COHESION:  # words of one phrase (a run of content words) rise and fall together
             run: list[int] = []

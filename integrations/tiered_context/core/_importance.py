@@ -17,7 +17,8 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import repeat
 from typing import Protocol, runtime_checkable
 
 from tiered_context.core._facts import (
@@ -63,9 +64,10 @@ def self_information(text: str, lang: str = "en") -> float:
     words = _TOKEN.findall(text)
     if not words:
         return 0.0
-    bits = [word_surprisal(w.lower(), lang) for w in words]
+    bits = list(map(word_surprisal, map(str.lower, words), repeat(lang)))
     mean = sum(bits) / len(bits)
-    facts = sum(1 for i, w in enumerate(words) if _NUMBER.search(w) or (i > 0 and w[:1].isupper()))
+    facts = len(_NUMBER.findall(text)) and sum(1 for w in words if _NUMBER.search(w))  # words with a digit
+    facts += sum(1 for w in words[1:] if w[:1].isupper() and not _NUMBER.search(w))
     # Frequent-word prose sits near 9 bits, dense technical or named text near 14+.
     base = 1 / (1 + math.exp(-(mean - 11.0) / 1.5))
     length = min(1.0, math.log1p(len(words)) / math.log1p(40))  # "ok" is not a fact
@@ -134,8 +136,10 @@ class Surprisal:
     """Bits per lower-cased word for one language, cached (thread-safe enough: dict ops)."""
 
     def __init__(self, lang: str) -> None:
+        self.lang = lang
         self._freq = frequencies(lang)
         self._bits: dict[str, float] = {}
+        self._content: dict[str, float] = {}
 
     def __call__(self, word: str) -> float:
         bits = self._bits.get(word)
@@ -155,7 +159,24 @@ class Surprisal:
     def common(self, word: str) -> bool:
         return self._freq.get(word, 0.0) > NAME_MAX_FREQUENCY
 
+    def content_bits(self, lower: str) -> float:
+        """What `lower` adds to `information`: 0 for fillers, hedges, function and glue
+        words, 12 for a number or time word, else its surprisal above 8 bits (generic
+        words 4 less). Remembered per word."""
+        bits = self._content.get(lower)
+        if bits is None:
+            if lower in _SILENT:
+                bits = 0.0
+            elif DIGIT.search(lower) or lower in PROTECTED_WORDS:
+                bits = 12.0
+            else:
+                bits = max(0.0, self(lower) - (4.0 if lower in _GENERIC else 0.0) - 8.0)
+            if len(self._content) < 500_000:
+                self._content[lower] = bits
+        return bits
 
+
+_SILENT = _FILLERS | _HEDGES | _FUNCTION | _GLUE
 _MODELS: dict[str, Surprisal] = {}
 
 
@@ -167,25 +188,37 @@ def surprisal_model(lang: str) -> Surprisal:
     return model
 
 
+#: Sentence boundaries: after . ! ? … and whitespace, and at line breaks.
+SENTENCE = re.compile(r"(?<=[.!?…])\s+(?=[^\s])|\n+")
+
+
+def sentence_words(text: str) -> list[str]:
+    """`text`'s words as `information` and `detect_language` take them: punctuation
+    stripped, lower-cased, apostrophes straightened."""
+    return [w.lower().translate(APOSTROPHES) for w in (w.strip(PUNCT) for w in text.split()) if w]
+
+
+def load_languages(texts: Iterable[str]) -> list[str]:
+    """Load the word tables of every language the sentences of `texts` are detected as;
+    returns their codes. A table is read once per process (0.2-0.3 s, the first time a
+    sentence in its language is scored): a server that knows its traffic can call this
+    at start-up so that no request pays for it."""
+    found: dict[str, None] = {}
+    for text in texts:
+        for sentence in SENTENCE.split(text):
+            found[surprisal_model(detect_language(sentence_words(sentence))).lang] = None
+    return list(found)
+
+
 @functools.lru_cache(maxsize=65_536)  # the same sentences are scored again as a summary grows
 def information(text: str, *, ignore: frozenset[str] = frozenset(), lang: str | None = None) -> float:
     """Bits of information in the content words of `text`: each word's surprisal above
     that of a common word (8 bits), plus 12 bits per number or date word. Fillers,
     hedges, function words and `ignore` (lower-cased, e.g. the participants' names) add
     nothing: "Wow, Caroline, that's awesome!" scores near 0."""
-    words = [w.strip(PUNCT) for w in text.split()]
-    lowers = [w.lower().translate(APOSTROPHES) for w in words if w]
-    model = surprisal_model(lang or detect_language(lowers))
-    total = 0.0
-    for word, lower in zip((w for w in words if w), lowers):
-        if lower in ignore or lower in _FILLERS or lower in _HEDGES or lower in _FUNCTION or lower in _GLUE:
-            continue
-        if DIGIT.search(word) or lower in PROTECTED_WORDS:
-            total += 12.0
-            continue
-        bits = model(lower) - (4.0 if lower in _GENERIC else 0.0)
-        total += max(0.0, bits - 8.0)
-    return total
+    lowers = sentence_words(text)
+    bits = surprisal_model(lang or detect_language(lowers)).content_bits
+    return sum(bits(lower) for lower in lowers if lower not in ignore)
 
 
 @runtime_checkable

@@ -26,7 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from tiered_context.core._embed import Embedder, normalize
-from tiered_context.core._importance import information
+from tiered_context.core._importance import SENTENCE, information
 from tiered_context.core._items import ContextItem, Role, Tier
 from tiered_context.core._render import day_of, header
 from tiered_context.core._tokens import TokenCounter
@@ -158,7 +158,6 @@ def make_summary(
 # -- extractive (offline default) -------------------------------------------------------
 #: A sentence with less information than this (chit-chat, greetings) is never picked.
 MIN_SENTENCE_BITS = 10.0
-_SENTENCE = re.compile(r"(?<=[.!?…])\s+(?=[^\s])|\n+")
 _HEADER = re.compile(r"^\[(?P<day>[^\]]{4,30})\]$")
 _SPOKEN = re.compile(r"^(?P<who>[^:\n\[]{1,80}?): (?P<text>.+)$")
 #: (time, sentence, speaker or None, day or None)
@@ -230,8 +229,11 @@ class ExtractiveSummarizer:
             raise ConfigError("max_tokens must be >= 16")
         self.counter = counter or TokenCounter()
         self._embedder = embedder
-        self._vectors: dict[str, np.ndarray] = {}  # sentence -> unit vector: a progressive summary's
-        self._vectors_lock = threading.Lock()  # lines are candidates again at every step that extends it
+        # sentence -> unit vector, line -> tokens: a progressive summary's lines are candidates
+        # again at every step that extends it; each is embedded and counted once
+        self._vectors: dict[str, np.ndarray] = {}
+        self._counts: dict[str, int] = {}
+        self._vectors_lock = threading.Lock()
         self.ratio, self.max_tokens = ratio, max_tokens
         self.centrality_weight = centrality_weight
         self.min_sentence_tokens = min_sentence_tokens
@@ -272,7 +274,7 @@ class ExtractiveSummarizer:
             who = str(item.metadata.get("speaker") or item.metadata.get("name") or item.role)
             day = day_of(item)
             when = header(day)[1:-1] if day else None
-            for n, sentence in enumerate(s.strip() for s in _SENTENCE.split(item.text)):
+            for n, sentence in enumerate(s.strip() for s in SENTENCE.split(item.text)):
                 if sentence:
                     out.append((item.timestamp + n * 1e-6, sentence, who, when))
         return out
@@ -281,7 +283,7 @@ class ExtractiveSummarizer:
         if not lines:
             return []
         bare = [c[1] for c in lines]
-        costs = self.counter.count_many([f"{c[2]}: {c[1]}" if c[2] else c[1] for c in lines])
+        costs = self._count([f"{c[2]}: {c[1]}" if c[2] else c[1] for c in lines])
         vectors = self._embed(bare)
         centroid = vectors.mean(axis=0)
         norm = float(np.linalg.norm(centroid)) or 1.0
@@ -290,7 +292,7 @@ class ExtractiveSummarizer:
         info = raw / np.sqrt(np.asarray(costs, dtype=np.float32) + 4.0)
         w = self.centrality_weight
         score = w * _z(centrality) + (1 - w) * _z(info)
-        short = np.asarray(self.counter.count_many(bare)) < self.min_sentence_tokens
+        short = np.asarray(self._count(bare)) < self.min_sentence_tokens
         score[(raw < MIN_SENTENCE_BITS) | short] = -np.inf
         chosen: list[int] = []
         used = 0
@@ -307,6 +309,18 @@ class ExtractiveSummarizer:
         if not chosen and np.isfinite(score).any():  # a tiny batch: its best sentence, if that is shorter
             chosen.append(int(np.argmax(score)))
         return chosen
+
+    def _count(self, texts: list[str]) -> list[int]:
+        """Tokens of each of `texts`, each counted once (the most recent `2 * VECTOR_MEMO` kept)."""
+        with self._vectors_lock:
+            memo = self._counts
+            todo = [t for t in dict.fromkeys(texts) if t not in memo]
+            if todo:
+                memo.update(zip(todo, self.counter.count_many(todo)))
+            counts = [memo[t] for t in texts]
+            for old in list(memo)[: max(0, len(memo) - 2 * VECTOR_MEMO)]:
+                del memo[old]
+            return counts
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         """Unit vectors of `texts`, each sentence embedded once (the most recent `VECTOR_MEMO` kept)."""
