@@ -116,9 +116,13 @@ _SPAN = re.compile(
     r"|```.*?(?:```|\Z)"  # fenced code
     r"|`[^`\n]+`"  # inline code
     r"|\"[^\"\n]{1,400}\"|“[^”\n]{1,400}”|«[^»\n]{1,400}»"  # quoted text
-    r"|(?:https?://|www\.)\S+|[\w.+-]+@[\w-]+\.[\w.]+",  # URLs, e-mail
+    r"|(?:https?://|www\.)\S+"  # URLs
+    r"|[\w.+-]+@[\w-]+\.[\w.]+",  # e-mail
     re.S,
 )
+#: `_SPAN` without its e-mail alternative, for texts without an "@" (the same matches: the
+#: alternative can only match at an "@", yet it is tried at every word character).
+_SPAN_NO_EMAIL = re.compile(_SPAN.pattern[: _SPAN.pattern.rindex("|")], re.S)
 
 
 
@@ -275,7 +279,7 @@ class SelfInformationCompressor:
         pieces: list[list[Any]] = []  # [text, bits, glue, line]
         line = 0
         cursor = 0
-        for m in _SPAN.finditer(text):
+        for m in (_SPAN if "@" in text else _SPAN_NO_EMAIL).finditer(text):
             if not m.group().strip():
                 continue
             line = self._words(text[cursor:m.start()], pieces, line, query)
@@ -286,7 +290,8 @@ class SelfInformationCompressor:
             cursor = m.end()
         self._words(text[cursor:], pieces, line, query)
         # 2. drop the least informative until the estimate meets the target
-        costs = [self._cost(p[0]) for p in pieces]
+        known = self._costs
+        costs = [known[p[0]] if p[0] in known else self._cost(p[0]) for p in pieces]
         have = sum(costs)
         order = sorted((i for i, p in enumerate(pieces) if p[1] is not None), key=lambda i: pieces[i][1])
         keep = [True] * len(pieces)

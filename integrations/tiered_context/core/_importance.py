@@ -53,9 +53,17 @@ UNSEEN_BITS = 24.0
 @functools.lru_cache(maxsize=200_000)
 def word_surprisal(word: str, lang: str = "en") -> float:
     """Bits of information in `word` (``-log2`` of its frequency; unseen words: 24)."""
-    from wordfreq import word_frequency
+    if lang == "en" and word.isascii() and word.isalpha() and word.islower():
+        # one token as wordfreq tokenizes it: its own lookup, the same arithmetic, no tokenizer
+        f = frequencies("en").get(word, 0.0)
+        p = 0.0
+        if f:
+            p = 1.0 / (0.0 + 1.0 / f)
+            p = round(p, math.floor(-math.log(p, 10)) + 3)
+    else:
+        from wordfreq import word_frequency
 
-    p = word_frequency(word, lang)
+        p = word_frequency(word, lang)
     return -math.log2(p) if p > 0 else UNSEEN_BITS
 
 

@@ -237,7 +237,7 @@ class TieredContext(PutPath, CatchUp, Preferences):
         if isinstance(content, ContextItem):
             return self.put_many([content])[0]
         item = ContextItem.create(content, role=role, timestamp=timestamp, metadata=metadata, id=id, pinned=pinned)
-        return self.put_many([item])[0]
+        return self._put_batch([self._admissible(item)])[0]  # checked once: `create` is the door
 
     def put_many(self, items: Iterable[ContextItem | Mapping[str, Any] | str]) -> list[ContextItem]:
         """Store many items in one batch (one embedding call, one durable write).
@@ -246,7 +246,9 @@ class TieredContext(PutPath, CatchUp, Preferences):
         puts share their durable writes (see `core._writes`); each returns once its items
         are archived and in the working set.
         """
-        batch = [self._coerce(i) for i in items]
+        return self._put_batch([self._coerce(i) for i in items])
+
+    def _put_batch(self, batch: list[ContextItem]) -> list[ContextItem]:
         if not batch:
             return []
         key = self._namespace.key

@@ -169,6 +169,11 @@ class PutPath:
                                       timestamp=value.get("timestamp"), metadata=value.get("metadata"), id=value.get("id"), pinned=bool(value.get("pinned", False)))
         else:
             item = ContextItem.create(value)
+        return self._admissible(item)
+
+    @staticmethod
+    def _admissible(item: ContextItem) -> ContextItem:
+        """`item` (made by `ContextItem.create`) if `put` may store it, else `InputError`."""
         if not item.text.strip():
             raise InputError("empty text cannot be stored; skip empty messages (tool calls belong in the text or metadata)")
         if item.is_derived:
