@@ -160,10 +160,15 @@ class _RealText:
 
 
 def _scale_one(engine: str, n: int, tenants: int, dim: int, queries: int, seed: int = 0,
-               corpus: str = "zipf") -> dict[str, Any]:
+               corpus: str = "zipf", keep: str | None = None) -> dict[str, Any]:
     """One (engine, N) measurement; run in a fresh process by `bench_scale`. `corpus`: "zipf"
     (random vectors, synthetic Zipf words: the stress case, common terms in most items) or
-    "real" (`_RealText`: real turns and questions, the default embedder's vectors)."""
+    "real" (`_RealText`: real turns and questions, the default embedder's vectors).
+
+    `keep` (a directory): the store is built under it and kept, with the build's figures in
+    ``built.json``; a later run with the same settings reuses it and measures the searches
+    only (a million-item build takes most of an hour: search latency can then be measured
+    again on a quiet machine)."""
     from tiered_context import ContextItem
     from tiered_context.qdrant import QdrantColdStore
 
@@ -182,9 +187,17 @@ def _scale_one(engine: str, n: int, tenants: int, dim: int, queries: int, seed: 
             return real.query()
         return " ".join(_zipf_words(rng, 4)), rng.standard_normal(dim).astype(np.float32)
 
-    folder = tempfile.mkdtemp(prefix=f"bench-scale-{engine}-")
-    store = QdrantColdStore(folder, engine=engine)
     per = n // tenants
+    built: dict[str, Any] = {}
+    if keep:
+        folder = str(Path(keep) / f"{engine}-{corpus}-{n}-{tenants}")
+        if (Path(folder) / "built.json").exists():
+            built = json.loads((Path(folder) / "built.json").read_text())
+    else:
+        folder = tempfile.mkdtemp(prefix=f"bench-scale-{engine}-")
+    if built:
+        return {**built, **_searches(engine, folder, tenants, per, queries, ask), "reused": True}
+    store = QdrantColdStore(folder, engine=engine)
     batch = 1000
     rss0 = _rss_mb()
     started = time.perf_counter()
@@ -219,11 +232,30 @@ def _scale_one(engine: str, n: int, tenants: int, dim: int, queries: int, seed: 
     t0 = time.perf_counter()
     store.optimize(wait=True)  # embedded: the index of everything, built in a child process
     index_s = time.perf_counter() - t0
-    lat = run_queries(store)
-    lat_f = run_queries(store, roles=["user"], since=float(per // 4), until=float(3 * per // 4))
     rss = _rss_mb()
     store.close()
-    disk = _du_mb(folder)
+    built = {
+        "engine": engine, "text": corpus, "items": n, "tenants": tenants, "items_per_tenant": per, "dim": dim,
+        "ingest_items_per_s": round(n / ingest, 1), "ingest_s": round(ingest, 1),
+        "single_add_per_s": round(single_rate, 1),
+        "search_p95_during_build_ms": _ms(lat_during, 95) if lat_during else "",
+        "index_wait_s": round(index_s, 1), "disk_mb": round(_du_mb(folder), 1), "rss_mb": round(rss, 1),
+        "rss_growth_mb": round(rss - rss0, 1),
+    }
+    if keep:
+        (Path(folder) / "built.json").write_text(json.dumps(built))
+    out = {**built, **_searches(engine, folder, tenants, per, queries, ask)}
+    if not keep:
+        shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
+def _searches(engine: str, folder: str, tenants: int, per: int, queries: int,
+              ask: Callable[[], tuple[str, np.ndarray]]) -> dict[str, Any]:
+    """Search latency on a built store: reopen it (time to open, first search), then
+    `queries` searches and as many filtered ones (a role and the middle half of time)."""
+    from tiered_context.qdrant import QdrantColdStore
+
     t0 = time.perf_counter()
     store = QdrantColdStore(folder, engine=engine)
     open_s = time.perf_counter() - t0
@@ -231,28 +263,35 @@ def _scale_one(engine: str, n: int, tenants: int, dim: int, queries: int, seed: 
     text, q = ask()
     store.search("tenant-0", text, q, limit=64)
     first = time.perf_counter() - t0
-    store.close()
-    shutil.rmtree(folder, ignore_errors=True)
-    return {
-        "engine": engine, "text": corpus, "items": n, "tenants": tenants, "items_per_tenant": per, "dim": dim,
-        "ingest_items_per_s": round(n / ingest, 1), "ingest_s": round(ingest, 1),
-        "single_add_per_s": round(single_rate, 1),
-        "search_p95_during_build_ms": _ms(lat_during, 95) if lat_during else "",
-        "index_wait_s": round(index_s, 1),
-        "search_p50_ms": _ms(lat, 50), "search_p95_ms": _ms(lat, 95),
-        "filtered_p50_ms": _ms(lat_f, 50), "filtered_p95_ms": _ms(lat_f, 95),
-        "disk_mb": round(disk, 1), "rss_mb": round(rss, 1), "rss_growth_mb": round(rss - rss0, 1),
-        "reopen_s": round(open_s, 2), "first_search_after_reopen_s": round(first, 2), "queries": queries,
-    }
+
+    def run_queries(**filters: Any) -> list[float]:
+        lat = []
+        for i in range(queries):
+            text, q = ask()
+            t1 = time.perf_counter()
+            store.search(f"tenant-{i % tenants}", text, q, limit=64, **filters)
+            lat.append(time.perf_counter() - t1)
+        return lat
+
+    try:
+        lat = run_queries()
+        lat_f = run_queries(roles=["user"], since=float(per // 4), until=float(3 * per // 4))
+    finally:
+        store.close()
+    return {"search_p50_ms": _ms(lat, 50), "search_p95_ms": _ms(lat, 95),
+            "filtered_p50_ms": _ms(lat_f, 50), "filtered_p95_ms": _ms(lat_f, 95),
+            "reopen_s": round(open_s, 2), "first_search_after_reopen_s": round(first, 2), "queries": queries}
 
 
 def bench_scale(sizes: Sequence[int], engines: Sequence[str], tenants: int = 100, dim: int = 256,
-                queries: int = 200, timeout: float = 3600.0, text: str = "zipf") -> list[dict[str, Any]]:
+                queries: int = 200, timeout: float = 3600.0, text: str = "zipf",
+                keep: Path | None = None) -> list[dict[str, Any]]:
     rows = []
     for engine in engines:
         for n in sizes:
             cmd = [sys.executable, "-m", "tiered_context.evals.bench_qdrant", "--_one",
                    json.dumps({"engine": engine, "n": n, "tenants": min(tenants, max(1, n // 100)), "dim": dim, "text": text,
+                               "keep": str(keep) if keep else None,
                                "queries": queries if engine == "edge" else min(queries, 50)})]
             started = time.perf_counter()
             try:
@@ -397,6 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--text", choices=["zipf", "real"], default="zipf",
                         help="scale items: synthetic Zipf words + random vectors (stress), or real turns embedded")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one scale run may take")
+    parser.add_argument("--keep", type=Path, help="build scale stores under DIR and keep them; a later run with "
+                        "the same settings measures the searches only")
     parser.add_argument("--local-max", type=int, default=100_000, help="largest N for the (slow) local engine")
     parser.add_argument("--budgets", default="1000,2000")
     parser.add_argument("--variants", default="union,rrf,dbsf")
@@ -406,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args._one:
         spec = json.loads(args._one)
         print(json.dumps(_scale_one(spec["engine"], spec["n"], spec["tenants"], spec["dim"], spec["queries"],
-                                    corpus=spec.get("text", "zipf"))))
+                                    corpus=spec.get("text", "zipf"), keep=spec.get("keep"))))
         return 0
     if args.out is None:
         parser.error("--out DIR is required")
@@ -424,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for engine in args.engines.split(","):
             mine = [s for s in sizes if engine != "local" or s <= args.local_max]
             results["scale"] += bench_scale(mine, [engine], tenants=args.tenants, text=args.text,
-                                            timeout=args.timeout)
+                                            timeout=args.timeout, keep=args.keep)
     if "cache" in parts:
         results["cache"] = bench_cache(args.data_locomo, args.data_qmsum,
                                        embedders=[e for e in args.embedders.split(",") if e])

@@ -287,6 +287,7 @@ EXPECTED_ALL: dict[str, list[str]] = {
         "move_aside",
         "normalize",
         "plain_metadata",
+        "query_terms",
         "read_json",
         "recalled_block",
         "same_meaning",

@@ -243,3 +243,24 @@ def test_bm25_scores_see_documents_added_after_a_query() -> None:
     fresh.add("launch party at the launch site")
     assert len(before) == 1 and np.array_equal(after, fresh.scores("launch")) and after[1] > 0
     assert terms("The launches were moving") == terms("the launches were moving") == ["launche", "mov"]
+
+
+@pytest.mark.parametrize("query, document", [
+    ("I mentioned participating in a sports event", "I will participate in the charity tournament today"),
+    ("which movies did I watch", "the movie was long"),
+    ("the parties we threw", "a party at the lake"),
+])
+def test_bm25_queries_reach_the_inflections_the_light_stemmer_leaves_apart(query, document) -> None:
+    from tiered_context.core import BM25Index, query_terms, terms
+
+    index = BM25Index()
+    index.add(document)
+    index.add("nothing in common here at all")
+    assert index.scores(query)[0] > 0
+    assert set(terms(query)) <= set(query_terms(query))  # the query's own terms come first, unchanged
+
+
+def test_short_query_terms_get_no_variants() -> None:
+    from tiered_context.core import query_terms
+
+    assert query_terms("car") == ["car"]  # "care" is another word

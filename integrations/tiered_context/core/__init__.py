@@ -29,7 +29,7 @@ from tiered_context.core._facts import Fact, FactCheck, check_facts
 from tiered_context.core._importance import load_languages, self_information
 from tiered_context.core._items import ContextItem, Role, Tier, coerce_text
 from tiered_context.core._journal import DamagedRecord, decode_record, encode_record
-from tiered_context.core._lexical import BM25Index, terms
+from tiered_context.core._lexical import BM25Index, query_terms, terms
 from tiered_context.core._llm_summarize import LLMSummarizer
 from tiered_context.core._meaning import same_meaning
 from tiered_context.core._memory import TieredContext, apply_feedback
@@ -121,6 +121,7 @@ __all__ = [
     "move_aside",
     "normalize",
     "plain_metadata",
+    "query_terms",
     "read_json",
     "recalled_block",
     "same_meaning",

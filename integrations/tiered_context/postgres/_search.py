@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tiered_context.core import Hit, SearchResult, SignalStats, terms
+from tiered_context.core import Hit, SearchResult, SignalStats, query_terms
 from tiered_context.errors import StoreError
 from tiered_context.postgres._moments import Moments
 from tiered_context.postgres._schema import HNSW_MAX_DIM, Vector
@@ -83,7 +83,7 @@ def _dense_top(store: PostgresColdStore, cur: Any, tid: int, q: np.ndarray, dim:
 def search(store: PostgresColdStore, conn: Any, tid: int, query: str, vector: np.ndarray, limit: int) -> SearchResult:
     """`ColdStore.search` for tenant id `tid` (see `PostgresColdStore.search`)."""
     q = np.asarray(vector, dtype=np.float32).reshape(-1)
-    qterms = sorted(set(terms(query)))
+    qterms = sorted(query_terms(query))
     known_n = store._sizes.get(tid, 0)  # noqa: SLF001 - the size last seen: only chooses exact scan vs index
     want = int(limit)  # LIMIT past the tenant's size is harmless; the hits are cut to min(limit, n) below
     with conn.pipeline(), conn.transaction():
@@ -154,7 +154,7 @@ def score(store: PostgresColdStore, conn: Any, tid: int, query: str, vector: np.
           ids: list[bytes]) -> dict[str, tuple[float, float]]:
     """`ColdStore.score` for tenant id `tid`: (bm25, cosine) of each stored id, one snapshot."""
     q = np.asarray(vector, dtype=np.float32).reshape(-1)
-    qterms = sorted(set(terms(query)))
+    qterms = sorted(query_terms(query))
     with conn.pipeline(), conn.transaction():
         head, rows_cur, lex = store._cursor(conn), store._cursor(conn), store._cursor(conn)  # noqa: SLF001
         head.execute(_RR)

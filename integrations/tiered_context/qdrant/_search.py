@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tiered_context.core import ContextItem, Hit, SearchResult, SignalStats, normalize, terms
+from tiered_context.core import ContextItem, Hit, SearchResult, SignalStats, normalize, query_terms
 from tiered_context.errors import StoreError
 from tiered_context.qdrant._engine import FusionMode, Query
 from tiered_context.qdrant._payload import from_payload
@@ -35,7 +35,7 @@ def search(store: Any, tenant: str, query: str, vector: np.ndarray, *, limit: in
         stats = store._tenant_stats(tenant)
         if stats.n == 0:
             return SearchResult([], SignalStats())
-        idf = stats.idf(terms(query))
+        idf = stats.idf(query_terms(query))
         matches = stats.query_matches(idf)
     sparse = (list(idf), list(idf.values())) if idf else None
     queries: list[Query] = []

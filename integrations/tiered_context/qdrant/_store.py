@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from tiered_context.core import ContextItem, SearchResult, ThreadedTwins, normalize, terms
+from tiered_context.core import ContextItem, SearchResult, ThreadedTwins, normalize, query_terms
 from tiered_context.errors import ConfigError, DuplicateItemError, StoreError
 from tiered_context.qdrant import _search
 from tiered_context.qdrant._connect import connect
@@ -288,7 +288,7 @@ class QdrantColdStore(ThreadedTwins):
             return {}
         q = normalize(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
         with self._lock:
-            idf = self._tenant_stats(tenant).idf(terms(query))
+            idf = self._tenant_stats(tenant).idf(query_terms(query))
         return _search.parts(self, tenant, q, (list(idf), list(idf.values())) if idf else None, ids)
 
     # -- housekeeping ------------------------------------------------------------------
