@@ -110,13 +110,20 @@ _DATE = re.compile(
     r"|(?:1[89]|20)\d\d\b)"
 )
 _AMOUNT = r"\d+(?:[.,:]\d+)*(?:\s?%|k\b|m\b|st\b|nd\b|rd\b|th\b)?"
-_NUMBER = re.compile(
-    rf"[$€£¥]\s?{_AMOUNT}|(?<!\w)(?:{_AMOUNT}"
-    r"|(?:" + "|".join(sorted((w for w in NUMBER_WORDS if w not in {"once", "first", "second", "few",
-                                                                  "several", "couple", "half"}), key=len,
-                               reverse=True)) + r")\b)",
-    re.IGNORECASE,
-)
+_NUMBER_WORDS = frozenset(w for w in NUMBER_WORDS if w not in {"once", "first", "second", "few", "several", "couple", "half"})
+_NUMBER_WORD = re.compile("|".join(sorted(_NUMBER_WORDS, key=len, reverse=True)), re.IGNORECASE)
+# An amount, or a whole word (kept by `_number_word`): one pass over the text instead of
+# trying ~60 number words at every word start; the same matches as the alternation
+# ``\b(?:seventeen|...|one)\b``, since each of those is a whole word of letters.
+_NUMBER = re.compile(rf"[$€£¥]\s?{_AMOUNT}|(?<!\w)(?:{_AMOUNT}|[^\W\d_]\w*)", re.IGNORECASE)
+
+
+def _number_word(word: str) -> bool:
+    if word.isascii():
+        return word.lower() in _NUMBER_WORDS
+    return _NUMBER_WORD.fullmatch(word) is not None  # re's case folding ("ſix")
+
+
 _WORD = re.compile(r"[^\W\d_][\w'’-]*|&")
 _CONNECTORS = frozenset({"of", "the", "de", "da", "del", "van", "von", "der", "le", "la", "&"})
 _WORD_SUFFIXES = ("ing", "ed", "ly", "tion", "ness", "ment", "ful", "ous", "ive", "able", "ity", "ies")
@@ -199,6 +206,8 @@ def _facts(text: str) -> tuple[tuple[FactKind, str, int, int], ...]:
         take(*m.span())
         found.append((FactKind.DATE, m.group(), m.start(), m.end()))
     for m in _NUMBER.finditer(text):
+        if m.group()[0] not in "$€£¥" and not m.group()[0].isdecimal() and not _number_word(m.group()):
+            continue  # a word, not a number word
         if m.group().strip() and take(*m.span()):
             found.append((FactKind.NUMBER, m.group().strip(), m.start(), m.end()))
     for start, end, name in _name_runs(text):
