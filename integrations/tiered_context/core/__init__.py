@@ -23,7 +23,7 @@ from tiered_context.core._conversation import (
     recalled_block,
 )
 from tiered_context.core._durable import disk_usage, free_bytes, fsync_dir, fsync_file, move_aside, read_json, write_atomic, write_json_atomic
-from tiered_context.core._embed import Embedder, MiniLMEmbedder, WordLlamaEmbedder, WrappedEmbedder, normalize
+from tiered_context.core._embed import Embedder, MiniLMEmbedder, WordLlamaEmbedder, WrappedEmbedder, normalize, one_blas_thread
 from tiered_context.core._enums import Compaction, Compression, StoreKind
 from tiered_context.core._facts import Fact, FactCheck, check_facts
 from tiered_context.core._importance import load_languages, self_information
@@ -120,6 +120,7 @@ __all__ = [
     "load_languages",
     "move_aside",
     "normalize",
+    "one_blas_thread",
     "plain_metadata",
     "query_terms",
     "read_json",

@@ -37,6 +37,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from tiered_context.core._embed import one_blas_thread
 from tiered_context.core._items import ContextItem
 from tiered_context.core._journal import DamagedRecord, _encode_line, _Journal, _scan, _set_aside
 from tiered_context.core._lexical import BM25Index
@@ -288,7 +289,7 @@ class LocalColdStore:
         part = self._parts.get(tenant)
         if part is None or not part.items:
             return SearchResult([], SignalStats())
-        with self._lock:
+        with self._lock, one_blas_thread():
             bm25 = part.bm25.scores(query)
             dense = part.matrix @ np.asarray(vector, dtype=np.float32).reshape(-1)
         n = len(bm25)
@@ -309,7 +310,7 @@ class LocalColdStore:
         rows = [(i, part.index[i]) for i in ids if i in part.index]
         if not rows:
             return {}
-        with self._lock:
+        with self._lock, one_blas_thread():
             bm25 = part.bm25.scores(query)
             idx = np.asarray([r for _, r in rows])
             dense = part.matrix[idx] @ np.asarray(vector, dtype=np.float32).reshape(-1)

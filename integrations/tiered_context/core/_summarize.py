@@ -25,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from tiered_context.core._embed import Embedder, normalize
+from tiered_context.core._embed import Embedder, normalize, one_blas_thread
 from tiered_context.core._importance import SENTENCE, information
 from tiered_context.core._items import ContextItem, Role, Tier
 from tiered_context.core._render import day_of, header
@@ -282,6 +282,10 @@ class ExtractiveSummarizer:
     def _select(self, lines: list[_Line], limit: int, ignore: frozenset[str]) -> list[int]:
         if not lines:
             return []
+        with one_blas_thread():
+            return self._choose(lines, limit, ignore)
+
+    def _choose(self, lines: list[_Line], limit: int, ignore: frozenset[str]) -> list[int]:
         bare = [c[1] for c in lines]
         costs = self._count([f"{c[2]}: {c[1]}" if c[2] else c[1] for c in lines])
         vectors = self._embed(bare)

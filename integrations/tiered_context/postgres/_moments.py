@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tiered_context.core import one_blas_thread
+
 __all__ = ["Moments", "MomentsCache", "SNAPSHOT_EVERY"]
 
 #: Records between two snapshots of a tenant's moments in the database.
@@ -52,7 +54,8 @@ class Moments:
         v = np.asarray(vectors, dtype=np.float64)
         if not len(v):
             return Moments(pos, self.s, self.m)
-        return Moments(pos, self.s + sign * v.sum(axis=0), self.m + sign * (v.T @ v))
+        with one_blas_thread():
+            return Moments(pos, self.s + sign * v.sum(axis=0), self.m + sign * (v.T @ v))
 
     def stats(self, query: np.ndarray, n: int) -> tuple[float, float]:
         """(mean, std) of the cosine of `query` with the `n` vectors summed here; std is
@@ -60,8 +63,9 @@ class Moments:
         if n <= 0:
             return 0.0, 1.0
         q = np.asarray(query, dtype=np.float64).reshape(-1)
-        mean = float(q @ self.s) / n
-        var = float(q @ (self.m @ q)) / n - mean * mean
+        with one_blas_thread():
+            mean = float(q @ self.s) / n
+            var = float(q @ (self.m @ q)) / n - mean * mean
         std = float(np.sqrt(var)) if var > 1e-12 else 0.0
         return mean, (std if std > 1e-6 else 1.0)
 

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from tiered_context.core import SignalStats
+from tiered_context.core import SignalStats, one_blas_thread
 
 __all__ = ["K1", "B", "TenantStats", "doc_weights", "term_index"]
 
@@ -75,7 +75,8 @@ class TenantStats:
     def add(self, dense: np.ndarray, sparse: Iterable[Mapping[int, float]], lengths: Iterable[int]) -> None:
         dense = np.asarray(dense, dtype=np.float64).reshape(-1, self.dsum.shape[0])
         self.dsum += dense.sum(axis=0)
-        self.douter += dense.T @ dense
+        with one_blas_thread():
+            self.douter += dense.T @ dense
         for vec, length in zip(sparse, lengths):
             self._add_sparse(vec, +1)
             self.n += 1
@@ -127,8 +128,9 @@ class TenantStats:
             return SignalStats()
         n = float(self.n)
         q = np.asarray(vector, dtype=np.float64).reshape(-1)
-        d_mean = float(q @ self.dsum) / n
-        d_var = float(q @ self.douter @ q) / n - d_mean * d_mean
+        with one_blas_thread():
+            d_mean = float(q @ self.dsum) / n
+            d_var = float(q @ self.douter @ q) / n - d_mean * d_mean
         d_std = math.sqrt(d_var) if d_var > 1e-12 else 0.0
         b_mean = sum(w * self.wsum.get(i, 0.0) for i, w in idf.items()) / n
         if matched_scores is not None:

@@ -34,7 +34,7 @@ import numpy as np
 
 from tiered_context.scopes._blocks import ContextBlock, content_hash
 from tiered_context.errors import ConfigError, TenantError
-from tiered_context.core import BM25Index, normalize, terms
+from tiered_context.core import BM25Index, normalize, one_blas_thread, terms
 from tiered_context.scopes._scope import ContextScope
 
 __all__ = ["ScopeRouter"]
@@ -99,7 +99,8 @@ class ScopeRouter:
         out = np.zeros((len(texts), len(self.scopes)), dtype=np.float32)
         for row, (text, vec) in enumerate(zip(texts, vectors)):
             lexical = np.minimum(self._index.scores(" ".join(terms(text))) / self._self_bm25, 1.0)
-            dense = np.maximum(self._vectors @ vec, 0.0)
+            with one_blas_thread():
+                dense = np.maximum(self._vectors @ vec, 0.0)
             per_task = self.bm25_share * lexical + (1 - self.bm25_share) * dense
             np.maximum.at(out[row], self._owner_arr, per_task)
         return out
