@@ -55,13 +55,15 @@ class _Journal:
     - Each `commit` writes its bytes with one ``os.write`` on a raw descriptor (no Python
       buffer, so a failed write cannot leave bytes behind for a later flush), under a
       lock, so that lines never interleave and each append knows where it begins.
-    - It then calls fsync *outside* the lock. Concurrent fsyncs of one file share the
-      filesystem's journal commit and disk flush (on ext4 here, 8 threads appending and
-      fsyncing get tens of times the rate of one): that is the group commit, with no waiting
-      on our side for a batch to fill.
-    - Each fsync goes through a descriptor of its own, opened before the write: Linux
-      reports a failed write-back once per open file, so a shared descriptor could hand
-      one writer's error to another and let the first believe its bytes were safe.
+    - One fsync runs at a time, outside the lock, and covers every byte written before it
+      started. Appends written while it runs wait for it, then one of them syncs them all:
+      that is the group commit. (Each writer fsyncing on its own lets the filesystem share
+      only the fsyncs that happen to overlap; with the GIL between them they rarely did, and
+      8 writers were held to one fsync's rate, ~1,100 appends/s here.)
+    - An fsync goes through a descriptor opened before the oldest append it covers was
+      written (a duplicate of that append's own): Linux reports a failed write-back once per
+      open file, and only to descriptors open when it happened, so a descriptor opened
+      later, or shared with other writers, could let an append believe its bytes were safe.
     - Appends are acknowledged in file order. A failed one cuts the file back to where
       it began, so it fails every append written after it too, and nothing acknowledged
       is ever cut.
@@ -84,6 +86,9 @@ class _Journal:
         self._closer = weakref.finalize(self, os.close, self._fd)  # a store dropped unclosed releases the lock
         fsync_dir(file.parent)  # the file itself survives a power cut
         self._end = os.fstat(self._fd).st_size  # where the last append ends
+        self._synced = self._end  # every byte below this is on disk
+        self._syncing = False  # an fsync is running (one at a time)
+        self._cuts = 0  # failed appends cut back so far (an fsync across a cut proves nothing)
         self._cv = threading.Condition()
         self._flight: list[_Ticket] = []  # written, not yet acknowledged or failed, in file order
         self._closed = False
@@ -98,7 +103,7 @@ class _Journal:
             except OSError as exc:
                 raise StoreError(f"cannot cut the torn tail of {self.file}: {exc.strerror or exc}; "
                                  "check the disk and its permissions") from exc
-            self._end = size
+            self._end = self._synced = size
 
     def commit(self, data: bytes, finish: Callable[[bool], None]) -> None:
         """Append `data` durably; then `finish(True)`, called in file order. On failure:
@@ -111,12 +116,13 @@ class _Journal:
                 if self._broken or self._closed:
                     ticket.error = StoreError(self._broken or f"the archive {self.file} is closed; open a new store")
                 else:
-                    ticket.start = self._end
+                    ticket.start, ticket.fd = self._end, sync_fd
                     self._write(data)
                     self._end += len(data)
+                    ticket.end = self._end
                     self._flight.append(ticket)
             if ticket.error is None:
-                os.fsync(sync_fd)
+                self._sync(ticket)
         except BaseException as exc:  # noqa: BLE001 - a full disk (OSError), or an interrupt: it fails either way
             with self._cv:
                 self._fail(ticket, exc)
@@ -136,6 +142,33 @@ class _Journal:
             raise interrupted
         if ticket.error is not None:
             raise ticket.error
+
+    def _sync(self, ticket: _Ticket) -> None:
+        """Return once `ticket`'s bytes are on disk (or it failed): wait for the fsync that
+        runs, or run the next one, for everything written so far."""
+        while True:
+            with self._cv:
+                while ticket.error is None and self._synced < ticket.end and self._syncing:
+                    self._cv.wait()
+                if ticket.error is not None or self._synced >= ticket.end:
+                    return
+                head = next(t for t in self._flight if t.error is None and t.end > self._synced)
+                fd = os.dup(head.fd)  # open while `head` is unsynced: its writer waits for us
+                self._syncing, target, cuts = True, self._end, self._cuts
+            try:
+                os.fsync(fd)
+            except BaseException as exc:
+                with self._cv:
+                    self._syncing = False
+                    self._fail(head, exc)  # head and everything after it; wakes the waiters
+                raise
+            finally:
+                os.close(fd)
+            with self._cv:
+                self._syncing = False
+                if cuts == self._cuts:  # else the bytes it covered may be gone: the next fsync decides
+                    self._synced = max(self._synced, target)
+                self._cv.notify_all()
 
     def close(self) -> None:
         """Wait for the appends in flight, then close (which releases the lock)."""
@@ -175,6 +208,7 @@ class _Journal:
         self._cv.notify_all()
 
     def _truncate(self, size: int) -> None:
+        self._cuts += 1
         try:
             os.ftruncate(self._fd, size)
         except OSError as exc:
@@ -195,6 +229,8 @@ class _Ticket:
 
     finish: Callable[[bool], None]
     start: int = 0
+    end: int = 0
+    fd: int = -1  # the descriptor its writer opened before writing it, for an fsync
     error: BaseException | None = None
 
 
