@@ -300,3 +300,5 @@ def test_one_blas_thread_holds_while_any_caller_is_inside_and_restores_after_the
         worker.join(30)
         assert threads() == [1] * len(before)  # the setter left; this caller is still inside
     assert threads() == before  # restored by the last one out, not the thread that set it
+    with one_blas_thread(rows=100_000):  # a product that large keeps BLAS's threads
+        assert threads() == before

@@ -289,7 +289,7 @@ class LocalColdStore:
         part = self._parts.get(tenant)
         if part is None or not part.items:
             return SearchResult([], SignalStats())
-        with self._lock, one_blas_thread():
+        with self._lock, one_blas_thread(rows=len(part.items)):
             bm25 = part.bm25.scores(query)
             dense = part.matrix @ np.asarray(vector, dtype=np.float32).reshape(-1)
         n = len(bm25)

@@ -54,7 +54,7 @@ class Moments:
         v = np.asarray(vectors, dtype=np.float64)
         if not len(v):
             return Moments(pos, self.s, self.m)
-        with one_blas_thread():
+        with one_blas_thread(rows=len(v)):
             return Moments(pos, self.s + sign * v.sum(axis=0), self.m + sign * (v.T @ v))
 
     def stats(self, query: np.ndarray, n: int) -> tuple[float, float]:

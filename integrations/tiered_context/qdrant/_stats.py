@@ -75,7 +75,7 @@ class TenantStats:
     def add(self, dense: np.ndarray, sparse: Iterable[Mapping[int, float]], lengths: Iterable[int]) -> None:
         dense = np.asarray(dense, dtype=np.float64).reshape(-1, self.dsum.shape[0])
         self.dsum += dense.sum(axis=0)
-        with one_blas_thread():
+        with one_blas_thread(rows=len(dense)):
             self.douter += dense.T @ dense
         for vec, length in zip(sparse, lengths):
             self._add_sparse(vec, +1)
