@@ -25,6 +25,12 @@ writer), all start together and
 ``--exact`` adds the same rows for ``PostgresColdStore(hnsw=False)`` (no HNSW index to
 maintain on each put; every dense search an exact scan of the tenant).
 
+``--threads N`` (default 8) measures one process instead: N threads putting into ONE
+`TieredContext` (``put`` per turn, `--puts` per thread) in memory, on the durable journal
+(``path=``, ``store_kind="journal"``) and on embedded Qdrant (``store_kind="qdrant"``): the
+durable rows against the in-memory one show what a durable write costs when writers share
+it (the journal's group commit); ``--threads 0`` skips them.
+
 The embedded default (``TieredContext(path=...)``: embedded Qdrant, one process per
 directory) and the in-memory `LocalColdStore` run the same load with one worker. Numbers
 are wall clock on the machine that runs it: the workers and PostgreSQL share its cores.
@@ -43,7 +49,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "run", "table"]
+__all__ = ["main", "run", "table", "thread_table"]
 
 _DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "locomo"
 _BUDGET, _LIMIT = 2000, 200
@@ -199,6 +205,49 @@ def _preload_embedded(path: str, session: str, preload: int) -> None:
     ctx.close()
 
 
+def _thread_puts(kind: str, threads: int, puts: int) -> dict[str, Any]:
+    """`threads` threads, `puts` puts each, into one `TieredContext` (see the docstring)."""
+    import threading
+
+    from tiered_context import TieredContext
+
+    turns, _ = _texts(threads * puts)
+    tmp = tempfile.mkdtemp(prefix="tc-bench-threads-")
+    try:
+        kw: dict[str, Any] = {} if kind == "memory" else {"path": tmp, "store_kind": kind}
+        ctx = TieredContext(session_id="bench-threads", **kw)
+        ctx.put("warm up: the embedder, the tokenizer and the store are loaded before timing")
+        start = threading.Barrier(threads + 1)
+
+        def writer(k: int) -> None:
+            start.wait()
+            for i in range(puts):
+                speaker, text = turns[k * puts + i]
+                ctx.put(text, id=f"t{k}-{i}", metadata={"speaker": speaker})
+
+        pool = [threading.Thread(target=writer, args=(k,)) for k in range(threads)]
+        for t in pool:
+            t.start()
+        start.wait()
+        began = time.perf_counter()
+        for t in pool:
+            t.join()
+        seconds = time.perf_counter() - began
+        ctx.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"store": kind, "threads": threads, "puts_per_s": threads * puts / seconds}
+
+
+def thread_table(rows: list[dict[str, Any]]) -> str:
+    memory = next((r["puts_per_s"] for r in rows if r["store"] == "memory"), None)
+    lines = ["| one process, one memory | threads | puts/s | of in-memory |", "|---|---:|---:|---:|"]
+    for r in rows:
+        share = f"{r['puts_per_s'] / memory:.2f}" if memory else ""
+        lines.append(f"| {r['store']} | {r['threads']} | {r['puts_per_s']:.0f} | {share} |")
+    return "\n".join(lines) + "\n"
+
+
 def _drop_vector_indexes(uri: str) -> None:
     import psycopg
 
@@ -310,13 +359,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dsn", default=None, help="an existing PostgreSQL with pgvector (default: pgserver)")
     parser.add_argument("--no-embedded", action="store_true", help="skip the embedded and in-memory rows")
     parser.add_argument("--exact", action="store_true", help="also measure PostgresColdStore(hnsw=False)")
+    parser.add_argument("--threads", type=int, default=8, help="threads putting into one memory (0: skip)")
+    parser.add_argument("--only-threads", action="store_true", help="only the --threads rows (no Postgres)")
     parser.add_argument("--out", type=Path, default=Path("out/workers"))
     args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.threads > 0:
+        threaded = [_thread_puts(kind, args.threads, args.puts) for kind in ("memory", "journal", "qdrant")]
+        md = thread_table(threaded)
+        (args.out / "threads.json").write_text(json.dumps(threaded, indent=2))
+        (args.out / "threads.md").write_text(md)
+        print(md)
+    if args.only_threads:
+        return 0
     workers = [int(w) for w in args.workers.split(",") if w.strip()]
     rows = run(workers=workers, puts=args.puts, queries=args.queries, sessions=args.sessions, preload=args.preload,
                dsn=args.dsn, embedded=not args.no_embedded, exact=args.exact)
     md = table(rows, preload=args.preload, sessions=args.sessions)
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2))
     (args.out / "results.md").write_text(md)
     print(md)
