@@ -306,3 +306,12 @@ def test_jobs_give_the_same_rows_and_assemblies(locomo_slice: Conversation) -> N
         runs.append(([{k: v for k, v in r.items() if k not in timing} for r in rows],
                      sorted((a.strategy, a.budget, a.question_id, a.context) for a in seen)))
     assert runs[0] == runs[1]
+
+
+def test_bench_workers_threads_rows(tmp_path: Path) -> None:
+    """`tiered-context bench workers --only-threads`: a row per store, shares of in-memory."""
+    assert main(["bench", "workers", "--only-threads", "--threads", "2", "--puts", "3", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "threads.json").read_text())
+    assert [r["store"] for r in rows] == ["memory", "journal", "qdrant"]
+    assert all(r["threads"] == 2 and r["puts_per_s"] > 0 for r in rows)
+    assert "| journal | 2 |" in (tmp_path / "threads.md").read_text()
