@@ -76,6 +76,53 @@ def test_sigkill_mid_ingest_loses_no_acknowledged_item(tmp_path, engine):
         assert ctx.put("after the crashes").seq == len(ctx) - 1
 
 
+def test_concurrent_adds_of_one_id_one_wins_the_rest_are_refused_or_no_ops(tmp_path):
+    """Concurrent adds share writes (several batches checked in order, one upsert): each is
+    still checked as if it came alone. Of the writers racing for one id with their own text,
+    exactly one stores it and the others get DuplicateItemError; an identical re-add is a
+    no-op; nothing is lost across a reopen."""
+    from tiered_context import DuplicateItemError
+
+    store = QdrantColdStore(tmp_path / "q")
+    emb = HashEmbedder(32)
+    writers, rounds = 8, 15
+    start = threading.Barrier(writers)
+    won: dict[str, list[int]] = {}
+    errors: list[BaseException] = []
+
+    def add(item: ContextItem) -> None:
+        store.add("t", [item], normalize(emb.embed([item.text])))
+
+    def writer(w: int) -> None:
+        start.wait()
+        try:
+            for r in range(rounds):
+                own = ContextItem(id=f"own-{w}-{r}", text=f"writer {w} round {r} notes", seq=r)
+                add(own)
+                add(own)  # the same item again: a no-op
+                try:
+                    add(ContextItem(id=f"race-{r}", text=f"writer {w} claims round {r}", seq=r))
+                    won.setdefault(f"race-{r}", []).append(w)
+                except DuplicateItemError:
+                    pass
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert sorted(won) == sorted(f"race-{r}" for r in range(rounds)) and all(len(v) == 1 for v in won.values())
+    store.close()
+    with QdrantColdStore(tmp_path / "q") as reopened:
+        assert reopened.count("t") == writers * rounds + rounds
+        for race, (w,) in won.items():
+            (item,) = reopened.get("t", [race])
+            assert item.text == f"writer {w} claims round {race.split('-')[1]}"
+
+
 def test_concurrent_threads_and_tasks_lose_nothing(tmp_path):
     store = QdrantColdStore(tmp_path / "q")
     emb = HashEmbedder(32)
