@@ -31,7 +31,7 @@ maintain on each put; every dense search an exact scan of the tenant).
 durable rows against the in-memory one show what a durable write costs when writers share
 it (the journal's group commit); ``--threads 0`` skips them.
 
-The embedded default (``TieredContext(path=...)``: embedded Qdrant, one process per
+The embedded default (``TieredContext(path=...)``: the durable journal, one process per
 directory) and the in-memory `LocalColdStore` run the same load with one worker. Numbers
 are wall clock on the machine that runs it: the workers and PostgreSQL share its cores.
 Writes ``results.json`` and ``results.md`` into ``--out``.
@@ -309,7 +309,7 @@ def run(*, workers: list[int], puts: int, queries: int, sessions: int, preload: 
             say(f"embedded default: preloading {preload} turns")
             _preload_embedded(tmp, names[0], preload)
             rows.append({**_run_workers("embedded", tmp, 1, names[:1], puts, queries, preload),
-                         "note": "path= (embedded Qdrant); one process per directory"})
+                         "note": "path= (the journal); one process per directory"})
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         say("in memory")
