@@ -10,6 +10,7 @@ import statements).
 """
 
 from tiered_context.core._assembler import ContextAssembler
+from tiered_context.core._blas import one_blas_thread
 from tiered_context.core._budget import Budget, LadderEvent, LadderLevel, ModelSize
 from tiered_context.core._compress import Compressor, SelfInformationCompressor, compressed_form
 from tiered_context.core._config import MemoryConfig
@@ -23,12 +24,12 @@ from tiered_context.core._conversation import (
     recalled_block,
 )
 from tiered_context.core._durable import disk_usage, free_bytes, fsync_dir, fsync_file, move_aside, read_json, write_atomic, write_json_atomic
-from tiered_context.core._embed import Embedder, MiniLMEmbedder, WordLlamaEmbedder, WrappedEmbedder, normalize, one_blas_thread
+from tiered_context.core._embed import Embedder, MiniLMEmbedder, WordLlamaEmbedder, WrappedEmbedder, normalize
 from tiered_context.core._enums import Compaction, Compression, StoreKind
 from tiered_context.core._facts import Fact, FactCheck, check_facts
 from tiered_context.core._importance import load_languages, self_information
 from tiered_context.core._items import ContextItem, Role, Tier, coerce_text
-from tiered_context.core._journal import DamagedRecord, decode_record, encode_record
+from tiered_context.core._records import DamagedRecord, decode_record, encode_record
 from tiered_context.core._lexical import BM25Index, query_terms, terms
 from tiered_context.core._llm_summarize import LLMSummarizer
 from tiered_context.core._meaning import same_meaning

@@ -19,16 +19,14 @@ import json
 import logging
 import os
 import re
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from tiered_context.errors import ConfigError, missing_extra
 
-__all__ = ["Embedder", "WordLlamaEmbedder", "MiniLMEmbedder", "WrappedEmbedder", "normalize", "one_blas_thread"]
+__all__ = ["Embedder", "WordLlamaEmbedder", "MiniLMEmbedder", "WrappedEmbedder", "normalize"]
 
 
 @runtime_checkable
@@ -49,80 +47,6 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
         v = v[None, :]
     norms = np.linalg.norm(v, axis=1, keepdims=True)
     return v / np.where(norms == 0, 1, norms)
-
-
-_blas_lock = threading.Lock()
-_blas_users = 0
-_blas_limiter: Any = None
-_blas_took = False
-
-
-# Products over at least this many rows keep BLAS's threads (measured on 2 cores, 256-d
-# float32: 10,000 rows 0.08 vs 0.17 ms, 100,000 rows 4.7 vs 9.5 ms on two threads vs one).
-THREADED_ROWS = 10_000
-
-
-@contextmanager
-def one_blas_thread(rows: int = 0) -> Iterator[None]:
-    """Run the block's matrix products on one BLAS thread (unless `rows` >= THREADED_ROWS).
-
-    Most of the memory's products are small (a summary's sentences against each other,
-    scores of a session's items against a query): a fraction of a millisecond on one
-    thread, and a threaded call costs more than it saves: OpenBLAS's helper threads spin
-    after each call, and beside the memory's own threads (the caller and the ladder's
-    worker) that spin was ~20% of the CPU of ingesting a long history on 2 cores. A block
-    whose product spans `rows` >= THREADED_ROWS stored vectors keeps the threads.
-
-    The BLAS setting is process-wide, so it holds while any caller is inside such a block
-    and is restored when the last one leaves, whichever thread that is. It covers the BLAS
-    libraries loaded at the first call (numpy's, the one these products run on). A limit
-    another thread holds (its own `threadpoolctl.threadpool_limits`) is left alone. Without
-    `threadpoolctl` this does nothing.
-    """
-    global _blas_users, _blas_limiter, _blas_took
-    if rows >= THREADED_ROWS:
-        yield
-        return
-    with _blas_lock:
-        if _blas_users == 0:
-            controller = _blas_controller()
-            if controller is not None:
-                _blas_limiter = controller.limit(limits=1, user_api="blas")
-                # threadpoolctl lets one thread at a time change OpenBLAS: the limit took
-                # only if no other thread held it.
-                _blas_took = all(lib.num_threads == 1 for lib in controller.lib_controllers if lib.user_api == "blas")
-        _blas_users += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_users -= 1
-            if _blas_users == 0 and _blas_limiter is not None:
-                if _blas_took:
-                    _restore_from_this_thread(_blas_limiter)
-                _blas_limiter = None
-
-
-def _restore_from_this_thread(limiter: Any) -> None:
-    # The thread that set the limit may not be the last to leave. threadpoolctl hands OpenBLAS
-    # to the first thread that changes it; the limit is ours, so hand it over, restore, release.
-    from threadpoolctl import OpenBLASController
-
-    release = getattr(OpenBLASController, "clear_controlling_thread", None)
-    if release is not None:
-        release(force=True)
-    limiter.restore_original_limits()
-    if release is not None:
-        release()
-
-
-@functools.lru_cache(maxsize=1)
-def _blas_controller() -> Any:
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # pragma: no cover - a dependency; an older environment runs as before
-        return None
-    return ThreadpoolController()
 
 
 class WrappedEmbedder:

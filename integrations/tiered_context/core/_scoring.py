@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from tiered_context.core._embed import one_blas_thread
 from tiered_context.core._lexical import STOPWORDS, terms
 from tiered_context.core._store import SignalStats
 from tiered_context.errors import ConfigError
@@ -313,9 +312,8 @@ class Scorer:
         relevance = fused / fused.max() if len(fused) and fused.max() > 0 else fused
         recency = np.power(0.5, np.maximum(latest_seq - seqs, 0) / cfg.half_life_items)
         parts = np.stack([relevance, recency, importance], axis=1)
-        with one_blas_thread():
-            learned = parts @ self.preferences.weights(user)
-            default = parts @ self.preferences.weights(None)
+        learned = parts @ self.preferences.weights(user)
+        default = parts @ self.preferences.weights(None)
         return [
             ScoreParts(float(r), float(b), float(d), float(c), float(i), float(t - base), float(t))
             for r, b, d, c, i, t, base in zip(relevance, bm25, dense, recency, importance, learned, default)

@@ -37,9 +37,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from tiered_context.core._embed import one_blas_thread
+from tiered_context.core._blas import one_blas_thread
 from tiered_context.core._items import ContextItem
-from tiered_context.core._journal import DamagedRecord, _encode_line, _Journal, _scan, _set_aside
+from tiered_context.core._journal import _Journal
+from tiered_context.core._records import DamagedRecord, _encode_line, _scan, _set_aside
 from tiered_context.core._lexical import BM25Index
 from tiered_context.errors import DuplicateItemError, StoreError
 

@@ -25,7 +25,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from tiered_context.core._embed import Embedder, normalize, one_blas_thread
+from tiered_context.core._blas import one_blas_thread
+from tiered_context.core._embed import Embedder, normalize
 from tiered_context.core._importance import SENTENCE, information
 from tiered_context.core._items import ContextItem, Role, Tier
 from tiered_context.core._render import day_of, header

@@ -97,12 +97,12 @@ class ScopeRouter:
             for text, vec in zip(texts, vectors):
                 tree.vectors.setdefault(content_hash(text), vec)
         out = np.zeros((len(texts), len(self.scopes)), dtype=np.float32)
-        for row, (text, vec) in enumerate(zip(texts, vectors)):
-            lexical = np.minimum(self._index.scores(" ".join(terms(text))) / self._self_bm25, 1.0)
-            with one_blas_thread():
+        with one_blas_thread():  # once for every text, not per text
+            for row, (text, vec) in enumerate(zip(texts, vectors)):
+                lexical = np.minimum(self._index.scores(" ".join(terms(text))) / self._self_bm25, 1.0)
                 dense = np.maximum(self._vectors @ vec, 0.0)
-            per_task = self.bm25_share * lexical + (1 - self.bm25_share) * dense
-            np.maximum.at(out[row], self._owner_arr, per_task)
+                per_task = self.bm25_share * lexical + (1 - self.bm25_share) * dense
+                np.maximum.at(out[row], self._owner_arr, per_task)
         return out
 
     def route(self, content: Any, **block_options: Any) -> dict[str, ContextBlock]:
