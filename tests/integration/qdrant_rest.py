@@ -125,6 +125,8 @@ class RestServer:
             (rf"{_C}/points", "PUT", lambda n: local.upsert(n, qm.PointsList(**body).points,
                                                             update_filter=_flt(body.get("update_filter")),
                                                             update_mode=body.get("update_mode"))),
+            (rf"{_C}/points", "POST", lambda n: local.retrieve(n, body["ids"], with_payload=body.get("with_payload", True),
+                                                             with_vectors=body.get("with_vector", False))),
             (rf"{_C}/points/vectors", "PUT", lambda n: local.update_vectors(n, qm.UpdateVectors(**body).points)),
             (rf"{_C}/points/delete", "POST", lambda n: local.delete(n, _selector(body))),
             (rf"{_C}/points/payload", "POST", lambda n: local.set_payload(n, body["payload"], _selector(body))),

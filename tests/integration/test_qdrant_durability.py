@@ -77,8 +77,8 @@ def test_sigkill_mid_ingest_loses_no_acknowledged_item(tmp_path, engine):
 
 
 def test_concurrent_adds_of_one_id_one_wins_the_rest_are_refused_or_no_ops(tmp_path):
-    """Concurrent adds share writes (several batches checked in order, one upsert): each is
-    still checked as if it came alone. Of the writers racing for one id with their own text,
+    """Concurrent adds share their flush (a group commit), and each is still checked as if
+    it came alone. Of the writers racing for one id with their own text,
     exactly one stores it and the others get DuplicateItemError; an identical re-add is a
     no-op; nothing is lost across a reopen."""
     from tiered_context import DuplicateItemError
@@ -217,3 +217,132 @@ def test_store_write_failure_leaves_nothing_behind(tmp_path):
             assert store.count("s") == 3
         else:  # ...or stored whole
             assert store.count("s") == 6
+
+
+# -- what a put no longer asks the engine, and what it still waits for -----------------
+def test_an_id_a_read_found_missing_is_not_asked_again_until_written(tmp_path, monkeypatch):
+    from tiered_context.qdrant import _edge
+
+    store = QdrantColdStore(tmp_path / "q")
+    vec = np.ones((1, 8), dtype=np.float32)
+    store.add("t", [ContextItem(id="old", text="an old turn", seq=0)], vec)
+    asked: list[int] = []
+    real = _edge.EdgeCollection.retrieve
+    monkeypatch.setattr(_edge.EdgeCollection, "retrieve", lambda self, *a: asked.append(1) or real(self, *a))
+    assert store.get("t", ["new"]) == [] and len(asked) == 1
+    assert store.get("t", ["new"]) == [] and len(asked) == 1  # known absent: no engine read
+    store.add("t", [ContextItem(id="new", text="a new turn", seq=1)], vec)  # no engine read either
+    assert [i.text for i in store.get("t", ["new"])] == ["a new turn"] and len(asked) == 1
+    assert store.get("u", ["new"]) == [] and len(asked) == 2  # absence is per tenant
+    store.close()
+
+
+def test_a_read_that_races_a_write_of_the_id_does_not_record_it_absent():
+    from tiered_context.qdrant._state import ItemCache
+
+    cache = ItemCache(100, absent=True)
+    with cache.reading("t") as missing:  # the engine read found nothing ...
+        cache.remember("t", [ContextItem(id="x", text="written meanwhile", seq=0)])  # ... a write ran
+        missing(["x", "y"])
+    assert cache.lookup("t", ["x", "y"]) == ({"x": ContextItem(id="x", text="written meanwhile", seq=0)}, [])
+    cache.forget("t")  # a delete evicts the item: asked of the engine again
+    with cache.reading("t") as missing:
+        missing(["z"])
+        cache.remember("t", [ContextItem(id="z", text="written after the read", seq=1)])
+    assert cache.lookup("t", ["x", "y", "z"])[1] == ["x"]  # y stays absent; z was written
+    assert ItemCache(100, absent=False).lookup("t", ["y"]) == ({}, ["y"])  # a server: never assumed
+
+
+def test_a_put_that_finds_an_item_still_flushing_waits_for_its_flush(tmp_path, monkeypatch):
+    """An embedded write is visible when applied and durable at its group commit: a reader
+    of it (the same turn put twice at once) must not acknowledge it before that commit."""
+    from tiered_context.qdrant import _wal
+
+    store = QdrantColdStore(tmp_path / "q")
+    vec = np.ones((1, 8), dtype=np.float32)
+    store.add("t", [ContextItem(id="first", text="opens the collection", seq=0)], vec)
+    gate, synced, real = threading.Event(), [], _wal.LogSync._pass
+
+    def held_pass(self, *, keep):
+        gate.wait()
+        real(self, keep=keep)
+        synced.append(True)
+
+    monkeypatch.setattr(_wal.LogSync, "_pass", held_pass)
+    item = ContextItem(id="x", text="the same turn, put twice at once", seq=1)
+    writer = threading.Thread(target=store.add, args=("t", [item], vec))
+    writer.start()
+    while store._cache.lookup("t", ["x"])[0] == {} and writer.is_alive():  # applied: visible, not yet durable
+        threading.Event().wait(0.001)
+    seen: list[bool] = []
+    reader = threading.Thread(target=lambda: (store.get("t", ["x"]), seen.append(bool(synced))))
+    adder = threading.Thread(target=lambda: (store.add("t", [item], vec), seen.append(bool(synced))))
+    reader.start()
+    adder.start()
+    reader.join(0.3)
+    gate.set()
+    for t in (writer, reader, adder):
+        t.join()
+    assert seen == [True, True], "a reader returned the item before its flush"
+    store.close()
+
+
+def test_writers_that_apply_while_a_flush_runs_share_the_next(tmp_path, monkeypatch):
+    from tiered_context.qdrant import _wal
+
+    store = QdrantColdStore(tmp_path / "q")
+    vec = np.ones((1, 8), dtype=np.float32)
+    store.add("t", [ContextItem(id="first", text="opens the collection", seq=0)], vec)
+    coll, writers = store._state.coll, 6
+    all_applied, gate, passes, real = threading.Event(), threading.Event(), [], _wal.LogSync._pass
+    count = coll._log.applied_one
+
+    def applied_one():
+        ticket = count()
+        if coll._log.applied == 1 + writers:
+            all_applied.set()
+        return ticket
+
+    def held_pass(self, *, keep):
+        passes.append(self.applied)
+        gate.wait()  # the first pass holds until every writer has applied
+        real(self, keep=keep)
+
+    monkeypatch.setattr(coll._log, "applied_one", applied_one)
+    monkeypatch.setattr(_wal.LogSync, "_pass", held_pass)
+    threads = [threading.Thread(target=store.add, args=("t", [ContextItem(id=f"w{k}", text=f"writer {k}", seq=k + 1)],
+                                                               vec)) for k in range(writers)]
+    for t in threads:
+        t.start()
+    assert all_applied.wait(60)
+    gate.set()
+    for t in threads:
+        t.join()
+    assert len(passes) <= 2, f"{len(passes)} flushes for {writers} writers"  # the first, and one for the rest
+    monkeypatch.undo()
+    store.close()
+    with QdrantColdStore(tmp_path / "q") as again:
+        assert again.count("t") == 1 + writers
+
+
+def test_a_log_file_renamed_during_a_flush_is_found_again(tmp_path, monkeypatch):
+    from tiered_context.qdrant import _wal
+
+    wal = tmp_path / "wal"
+    wal.mkdir()
+    for name in ("open-1", "open-2", "first-index"):
+        (wal / name).write_bytes(b"log")
+    log = _wal.LogSync(wal, flush=lambda: pytest.fail("the log directory exists"))
+    real, listed = os.listdir, []
+
+    def stale_once(path):
+        names = real(path)
+        if not listed:  # listed before a rotation renamed the segment
+            os.replace(wal / "open-1", wal / "closed-1")
+        listed.append(names)
+        return names
+
+    monkeypatch.setattr(_wal.os, "listdir", stale_once)
+    log.wait(log.applied_one())
+    assert len(listed) == 2 and "closed-1" in log._synced_closed  # listed again; the closed segment synced
+    log.close()

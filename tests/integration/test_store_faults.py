@@ -112,11 +112,13 @@ def test_journal_with_enospc_injected(tmp_path: Path, monkeypatch, call: str) ->
     assert_exactly(path, acked)
 
 
-JOURNAL_WRITER = textwrap.dedent("""
+WRITER = textwrap.dedent("""
     import sys, threading
     import numpy as np
     from tiered_context import ContextItem, LocalColdStore
 
+    if sys.argv[3] == "qdrant":
+        from tiered_context.qdrant import QdrantColdStore as LocalColdStore
     store, out = LocalColdStore(sys.argv[1]), threading.Lock()
     round_ = sys.argv[2]
     print("ready", flush=True)
@@ -136,11 +138,19 @@ JOURNAL_WRITER = textwrap.dedent("""
 """)
 
 
-def test_journal_sigkill_with_concurrent_writers_loses_no_acknowledged_add(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["journal", "qdrant"])
+def test_sigkill_with_concurrent_writers_loses_no_acknowledged_add(tmp_path: Path, kind: str) -> None:
+    """Both durable stores share flushes between writers (group commits): what any of them
+    acknowledged survives a SIGKILL, whole, once."""
+    if kind == "qdrant" and importlib.util.find_spec("qdrant_edge") is None:
+        pytest.skip("the qdrant extra is not installed")
+    opener = LocalColdStore
+    if kind == "qdrant":
+        from tiered_context.qdrant import QdrantColdStore as opener
     path = tmp_path / "mem"
     acked: list[list[str]] = []
     for round_ in range(2):  # kill, reopen and write on, kill again
-        proc = subprocess.Popen([sys.executable, "-c", JOURNAL_WRITER, str(path), str(round_)],
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(round_), kind],
                                 stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         target = len(acked) + 150
@@ -151,7 +161,7 @@ def test_journal_sigkill_with_concurrent_writers_loses_no_acknowledged_add(tmp_p
         proc.kill()  # SIGKILL while four threads are writing
         proc.wait(timeout=60)
         proc.stdout.close()
-        with LocalColdStore(path) as store:
+        with opener(path) as store:
             stored = [i.id for t in ("t0", "t1") for i in store.items(t)]
         assert len(stored) == len(set(stored)), "an item stored twice"
         assert {i for batch in acked for i in batch} <= set(stored), "an acknowledged item was lost"

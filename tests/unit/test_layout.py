@@ -540,6 +540,11 @@ ALLOWED_PRIVATE: dict[str, list[str]] = {
     "tests/integration/test_postgres_store.py": [
         "tiered_context.postgres._moments",
     ],
+    "tests/integration/test_qdrant_durability.py": [
+        "tiered_context.qdrant._edge",
+        "tiered_context.qdrant._state",
+        "tiered_context.qdrant._wal",
+    ],
     "tests/integration/test_qdrant_index_build.py": [
         "tiered_context.qdrant._indexer",
     ],

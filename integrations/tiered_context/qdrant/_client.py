@@ -154,6 +154,14 @@ class ClientCollection:
         mode = {"update_mode": qm.UpdateMode.INSERT_ONLY} if insert_only else {}
         self.conn.call("write", lambda: self.conn.client.upsert(self.name, native, wait=True, **mode, **self._ordering))
 
+    def apply(self, points: Sequence[PointData]) -> int:
+        """`upsert`: acknowledged when applied, and durable then (`wait_durable` has nothing to wait for)."""
+        self.upsert(points)
+        return 0
+
+    def wait_durable(self, ticket: int) -> None:
+        """Nothing to wait for: a write is durable when `apply` returns."""
+
     def set_sparse(self, updates: Sequence[tuple[str, tuple[list[int], list[float]]]]) -> None:
         if not updates:
             return
@@ -186,6 +194,12 @@ class ClientCollection:
             self.name, scroll_filter=_filter(scope), limit=limit, offset=offset,
             with_payload=with_payload, with_vectors=with_vectors, **order, **self._consistency))
         return [_record(p) for p in points], nxt
+
+    def retrieve(self, tenant: str, point_ids: Sequence[str]) -> list[Record]:
+        """The points of `tenant` among `point_ids` (a lookup by id)."""
+        points = self.conn.call("read", lambda: self.conn.client.retrieve(
+            self.name, list(point_ids), with_payload=True, with_vectors=False, **self._consistency))
+        return [r for r in map(_record, points) if r.payload.get(TENANT_FIELD) == tenant]
 
     def count(self, scope: Scope) -> int:
         res = self.conn.call("count", lambda: self.conn.client.count(self.name, count_filter=_filter(scope), exact=True))

@@ -7,8 +7,9 @@ Layout of a store directory::
     PATH/<collection>/shard/    the EdgeShard (segments + write-ahead log)
 
 Durability: every update goes to the shard's write-ahead log, and the log's files are
-fsynced before `upsert` returns (~0.3 ms), so an acknowledged write survives a killed
-process and a power cut; segments are flushed by `close()`.
+fsynced before `upsert` returns (~0.5 ms), so an acknowledged write survives a killed
+process and a power cut; segments are flushed by `close()`. Concurrent writers share
+their fsyncs (`apply`, then `wait_durable`: a group commit outside the lock).
 
 A full disk: the engine writes through memory-mapped files, and a write into a mapped
 page the filesystem cannot back kills the process with SIGBUS, not an error. So every
@@ -36,12 +37,13 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 
     raise missing_extra("qdrant-edge-py", "qdrant") from exc
 
-from tiered_context.core import free_bytes, fsync_file, write_atomic
+from tiered_context.core import free_bytes, write_atomic
 from tiered_context.errors import StoreError
 from tiered_context.qdrant import _indexer
 from tiered_context.qdrant._engine import (DENSE, SPARSE, CollectionSpec, FusionMode, PointData, Query, Record, record_from_point as _record,
                                            check_meta, dumps_meta)
 from tiered_context.qdrant._tenancy import TENANT_FIELD, Scope, require
+from tiered_context.qdrant._wal import LogSync
 
 log = logging.getLogger("tiered_context")
 
@@ -126,6 +128,7 @@ class EdgeCollection:
         self._replay: list[Any] | None = None  # updates taken while a build runs, replayed into it
         self._unindexed = 0
         shard_dir = folder / "shard"
+        self._log = LogSync(shard_dir / "wal", self.flush)
         meta = folder / "meta.json"
         where = f"collection {spec.name!r} in {folder.parent}"
         try:
@@ -152,7 +155,6 @@ class EdgeCollection:
         except (OSError, ValueError, RuntimeError, Exception) as exc:  # noqa: BLE001 - engine errors are untyped
             raise StoreError(f"cannot open {where} ({type(exc).__name__}: {exc}); it may be corrupted: "
                              "restore it from a backup, or pass another collection= / path=") from exc
-        self._wal = shard_dir / "wal"
 
     # -- setup -------------------------------------------------------------------------
     @staticmethod
@@ -187,15 +189,27 @@ class EdgeCollection:
 
     # -- writes ------------------------------------------------------------------------
     def upsert(self, points: Sequence[PointData]) -> None:
+        """Write `points`; durable when it returns."""
+        self.wait_durable(self.apply(points))
+
+    def apply(self, points: Sequence[PointData]) -> int:
+        """Write `points` into the shard: visible to reads at once, durable once
+        `wait_durable` returns for the ticket this returns."""
         if not points:
-            return
+            return 0
         native = [qe.Point(p.id, self._vectors(p.dense, p.sparse), p.payload) for p in points]
         with self._lock:
             self._check_space(2 * sum(_size(p) for p in points))  # into the log, then a segment
             self._update(qe.UpdateOperation.upsert_points(native), "write")
-            self._sync()
+            ticket = self._log.applied_one()
             self._unindexed += len(native)
             self._maybe_index()
+            return ticket
+
+    def wait_durable(self, ticket: int) -> None:
+        """Return once the write `ticket` is on disk (a group commit outside the lock:
+        writers that applied meanwhile share one fsync, `qdrant._wal`)."""
+        self._log.wait(ticket)
 
     def set_sparse(self, updates: Sequence[tuple[str, tuple[list[int], list[float]]]]) -> None:
         if not updates:
@@ -228,6 +242,13 @@ class EdgeCollection:
         with self._lock:
             points, nxt = self._call(lambda: self._shard.scroll(req), "scroll")
         return [_record(p) for p in points], nxt
+
+    def retrieve(self, tenant: str, point_ids: Sequence[str]) -> list[Record]:
+        """The points of `tenant` among `point_ids`: a lookup by id (~2 us), not a filtered
+        scroll (~30 us)."""
+        with self._lock:
+            points = self._call(lambda: self._shard.retrieve(list(point_ids), True, False), "retrieve")
+        return [r for r in map(_record, points) if r.payload.get(TENANT_FIELD) == tenant]
 
     def count(self, scope: Scope) -> int:
         req = qe.CountRequest(filter=_filter(scope), exact=True)
@@ -280,6 +301,7 @@ class EdgeCollection:
                     shard.flush()
                 finally:
                     shard.close()
+        self._log.close()  # outside the lock: a pass in flight may be waiting for it
 
     # -- internals ---------------------------------------------------------------------
     def _update(self, op: Any, what: str) -> None:
@@ -345,25 +367,8 @@ class EdgeCollection:
                              "Check the disk (space, permissions) and that the inputs match the collection") from exc
 
     def _sync(self) -> None:
-        """fsync the write-ahead log (cheap): its open segments every time, a closed one
-        once; without a WAL directory (another layout), flush the whole shard instead."""
-        try:
-            files = [f for f in self._wal.iterdir() if f.is_file()] if self._wal.is_dir() else None
-        except (OSError, AttributeError):
-            files = None
-        if files is None:
-            self._shard.flush()
-            return
-        synced = self.__dict__.setdefault("_synced_closed", set())
-        for f in files:
-            if f.name.startswith("closed-") and f.name in synced:
-                continue
-            try:
-                fsync_file(f)
-            except FileNotFoundError:  # a log segment truncated away meanwhile: already flushed
-                continue
-            if f.name.startswith("closed-"):
-                synced.add(f.name)
+        """fsync the write-ahead log, under the lock (writes other than `apply`'s)."""
+        self._log.sync()
 
 
 def _filter(scope: Scope) -> Any:

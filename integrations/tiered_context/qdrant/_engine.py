@@ -147,12 +147,20 @@ class Collection(Protocol):
 
     def upsert(self, points: Sequence[PointData], *, insert_only: bool = False) -> None: ...
 
+    def apply(self, points: Sequence[PointData]) -> int:
+        """Write `points`, visible to reads at once; returns a ticket for `wait_durable`."""
+
+    def wait_durable(self, ticket: int) -> None:
+        """Return once the write `ticket` is durable (an embedded group commit)."""
+
     def set_sparse(self, updates: Sequence[tuple[str, tuple[list[int], list[float]]]]) -> None: ...
 
     def query(self, queries: Sequence[Query]) -> list[list[Record]]: ...
 
     def scroll(self, scope: Scope, *, limit: int, offset: Any = None, with_vectors: bool | list[str] = False,
                with_payload: bool | list[str] = True) -> tuple[list[Record], Any]: ...
+
+    def retrieve(self, tenant: str, point_ids: Sequence[str]) -> list[Record]: ...
 
     def count(self, scope: Scope) -> int: ...
 

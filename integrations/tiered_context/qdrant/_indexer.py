@@ -155,7 +155,7 @@ class IndexBuild(threading.Thread):
             coll._shard = qe.EdgeShard.load(str(shard_dir))
             raise
         finally:
-            coll.__dict__.pop("_synced_closed", None)  # other log files now
+            coll._log.replaced()  # other log files now
         return True
 
     def cancel(self) -> None:

@@ -110,12 +110,12 @@ class SharedQdrantColdStore(QdrantColdStore, SharedTwins):
             self._floors.pop(tenant, None)
 
     # -- hooks of the base store ---------------------------------------------------------
-    def _write(self, tenant: str, coll: Any, points: list[PointData]) -> None:
+    def _write(self, tenant: str, coll: Any, points: list[PointData]) -> int:
         """Log first (a slot per record, a full copy), then the searchable collection."""
         entries = [{**p.payload, "vec": np.asarray(p.dense, dtype=np.float32).tolist(),
                     "spi": list((p.sparse or ([], []))[0]), "spv": list((p.sparse or ([], []))[1])} for p in points]
         self._claims().claim(tenant, POS, entries, contiguous=False)
-        super()._write(tenant, coll, points)
+        return super()._write(tenant, coll, points)
 
     def _fold(self, tenant: str, stats: TenantStats, unit: np.ndarray, sparse: list[dict[int, float]],
               lengths: list[int]) -> None:

@@ -2,17 +2,17 @@
 
 Derived, in-memory, and rebuilt from Qdrant whenever it is missing: per-tenant signal
 statistics (`_stats.TenantStats`; an embedded store saves them at a clean close and loads
-them back, `_snapshots`), a read cache of items (items are immutable: an id
-never changes content, so a cached item is never stale; deletes evict the tenant), and
-the last query's scored parts (the assembler scores its candidates twice).
+them back, `_snapshots`), a read cache of items (`ItemCache`), and the last query's
+scored parts (the assembler scores its candidates twice).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ from tiered_context.qdrant._snapshots import Snapshots
 from tiered_context.qdrant._stats import TenantStats, doc_weights
 from tiered_context.qdrant._tenancy import Scope, scope
 
-__all__ = ["LOAD_ON_WRITE", "PAGE", "WRITE_BATCH", "State", "scroll_all", "shared_state"]
+__all__ = ["LOAD_ON_WRITE", "PAGE", "WRITE_BATCH", "ItemCache", "State", "scroll_all", "shared_state"]
 
 PAGE = 1024  # points per scroll request
 WRITE_BATCH = 512  # points per write request to a server (request size limits)
@@ -33,32 +33,14 @@ log = logging.getLogger("tiered_context")
 
 
 class State:
-    def __init__(self, cached_items: int, snapshots: Snapshots | None = None) -> None:
+    def __init__(self, cached_items: int, snapshots: Snapshots | None = None, *, server: bool = True) -> None:
         self.lock = threading.RLock()
         self.snapshots = snapshots  # an embedded collection's saved statistics (None: a server)
         self.coll: Any = None
         self.stats: OrderedDict[str, TenantStats] = OrderedDict()
         self.lengths = [0, 0]  # total terms and documents written through this engine
         self.memo: tuple[Any, dict[str, tuple[float, float]]] = (None, {})
-        self.cached_items = cached_items
-        self.items: OrderedDict[tuple[str, str], ContextItem] = OrderedDict()  # (tenant, id) -> item
-        self.by_seq: dict[tuple[str, int], str] = {}  # (tenant, seq) -> id, originals only
-
-    def remember(self, tenant: str, items: Sequence[ContextItem]) -> None:
-        if not self.cached_items:
-            return
-        with self.lock:
-            for item in items:
-                key = (tenant, item.id)
-                self.items[key] = item
-                self.items.move_to_end(key)
-                if not item.is_derived and item.seq >= 0:
-                    self.by_seq[(tenant, item.seq)] = item.id
-            while len(self.items) > self.cached_items:
-                self.items.popitem(last=False)  # a stale by_seq entry then just misses
-            if len(self.by_seq) > 2 * self.cached_items:
-                for k in [k for k, v in self.by_seq.items() if (k[0], v) not in self.items]:
-                    del self.by_seq[k]
+        self.cache = ItemCache(cached_items, absent=snapshots is not None or not server)
 
     def before_write(self, tenant: str) -> None:
         """Called under the lock before any write to `tenant` reaches the collection."""
@@ -77,10 +59,7 @@ class State:
 
     def forget(self, tenant: str) -> None:
         with self.lock:
-            for key in [k for k in self.items if k[0] == tenant]:
-                del self.items[key]
-            for k in [k for k in self.by_seq if k[0] == tenant]:
-                del self.by_seq[k]
+            self.cache.forget(tenant)
             self.memo = (None, {})
 
     # -- per-tenant signal statistics ------------------------------------------------
@@ -135,6 +114,128 @@ class State:
             return self.memo[1]
 
 
+class ItemCache:
+    """Items of this collection as reads and writes saw them, and the ids known absent.
+
+    Items are immutable (an id never changes content), so a cached item is never stale;
+    deletes evict the tenant. Both maps are LRU-bounded by `size` and guarded by their
+    own short lock, never held across an engine call, so a read does not wait for a write.
+
+    Absent ids (`absent=True`: an embedded collection, whose process is its only writer)
+    spare a put its existence checks: a put looks its ids up before and after taking its
+    lock, and the store once more before writing, each an engine round trip for an id
+    that is new. An id a read found missing is recorded unless a write of it ran during
+    the read (`reading`); a write drops its ids from the record. Ids in the record stay
+    absent until then: deletes only remove.
+
+    Durability: an embedded write is visible as soon as it is applied and becomes
+    durable at its group commit a little later. `hold` marks its ids meanwhile, and
+    `settle` makes a reader of them wait for that commit, so a put that finds an item
+    already stored (the same turn put twice at once) never returns before it is on disk.
+    """
+
+    def __init__(self, size: int, *, absent: bool) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[tuple[str, str], ContextItem] = OrderedDict()  # (tenant, id) -> item
+        self._by_seq: dict[tuple[str, int], str] = {}  # (tenant, seq) -> id, originals only
+        self._absent: OrderedDict[tuple[str, str], None] | None = OrderedDict() if absent and size else None
+        self._reads: dict[int, set[tuple[str, str]]] = {}  # reads in flight: the ids written meanwhile
+        self._holds: dict[tuple[str, str], threading.Event] = {}  # applied, not yet durable
+
+    def lookup(self, tenant: str, ids: Iterable[str]) -> tuple[dict[str, ContextItem], list[str]]:
+        """(cached items by id, the ids neither cached nor known absent)."""
+        found: dict[str, ContextItem] = {}
+        unknown: list[str] = []
+        with self._lock:
+            for i in dict.fromkeys(ids):
+                item = self._items.get((tenant, i))
+                if item is not None:
+                    found[i] = item
+                elif self._absent is None or (tenant, i) not in self._absent:
+                    unknown.append(i)
+        return found, unknown
+
+    def by_seq(self, tenant: str, seqs: Iterable[int]) -> dict[int, ContextItem]:
+        with self._lock:
+            keys = {q: (tenant, self._by_seq.get((tenant, q), "")) for q in seqs}
+            return {q: self._items[k] for q, k in keys.items() if k in self._items}
+
+    @contextlib.contextmanager
+    def reading(self, tenant: str) -> Iterator[Callable[[Iterable[str]], None]]:
+        """Around an engine read of `tenant`'s ids; yields `missing(ids)` to record the ids
+        it did not find (kept absent unless a write of one ran meanwhile)."""
+        written: set[tuple[str, str]] = set()
+        found_missing: list[str] = []
+        with self._lock:
+            self._reads[id(written)] = written
+        try:
+            yield found_missing.extend
+        finally:
+            with self._lock:
+                del self._reads[id(written)]
+                if self._absent is not None:
+                    for i in found_missing:
+                        if (tenant, i) not in written:
+                            self._absent[(tenant, i)] = None
+                            self._absent.move_to_end((tenant, i))
+                    while len(self._absent) > self.size:
+                        self._absent.popitem(last=False)
+
+    def remember(self, tenant: str, items: Sequence[ContextItem]) -> None:
+        """Items a read returned or a write applied (a write calls it right after applying)."""
+        with self._lock:
+            for item in items:
+                key = (tenant, item.id)
+                for written in self._reads.values():
+                    written.add(key)
+                if self._absent is not None:
+                    self._absent.pop(key, None)
+                if not self.size:
+                    continue
+                self._items[key] = item
+                self._items.move_to_end(key)
+                if not item.is_derived and item.seq >= 0:
+                    self._by_seq[(tenant, item.seq)] = item.id
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)  # a stale by_seq entry then just misses
+            if len(self._by_seq) > 2 * self.size:
+                for k in [k for k, v in self._by_seq.items() if (k[0], v) not in self._items]:
+                    del self._by_seq[k]
+
+    def forget(self, tenant: str) -> None:
+        """Evict `tenant`'s items (its deletes); absent ids stay absent."""
+        with self._lock:
+            for key in [k for k in self._items if k[0] == tenant]:
+                del self._items[key]
+            for k in [k for k in self._by_seq if k[0] == tenant]:
+                del self._by_seq[k]
+
+    # -- applied, not yet durable --------------------------------------------------------
+    def hold(self, tenant: str, ids: Iterable[str]) -> threading.Event:
+        """Mark `ids` as being written (before the write is applied); `release` when durable."""
+        done = threading.Event()
+        with self._lock:
+            for i in ids:
+                self._holds[(tenant, i)] = done
+        return done
+
+    def release(self, tenant: str, ids: Iterable[str], done: threading.Event) -> None:
+        """The write `hold` marked is durable (or failed): its readers go on."""
+        with self._lock:
+            for i in ids:
+                if self._holds.get((tenant, i)) is done:
+                    del self._holds[(tenant, i)]
+        done.set()
+
+    def settle(self, tenant: str, ids: Iterable[str]) -> None:
+        """Return once every write of `ids` a reader may have seen applied is durable."""
+        with self._lock:
+            waits = {id(e): e for i in ids if (e := self._holds.get((tenant, i))) is not None}
+        for done in waits.values():
+            done.wait()
+
+
 def scroll_all(coll: Any, where: Scope, *, with_vectors: bool | list[str] = False, limit: int | None = None,
                payload: bool | list[str] = True) -> list[Record]:
     """Every record in `where` (or the first `limit`), page by page."""
@@ -161,7 +262,8 @@ def shared_state(conn: Any, collection: str, cached_items: int) -> State:
             if getattr(conn, "temporary", True):
                 on_close = None
             snapshots = Snapshots(conn.path / ".stats" / collection) if on_close is not None else None
-            states[collection] = State(cached_items, snapshots)
+            # a server may take writes from other processes: what is absent here may not stay so
+            states[collection] = State(cached_items, snapshots, server=getattr(conn, "engine", "server") == "server")
             if on_close is not None:
                 on_close.append(states[collection].save)
         return states[collection]

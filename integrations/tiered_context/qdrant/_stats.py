@@ -36,6 +36,7 @@ __all__ = ["K1", "B", "TenantStats", "doc_weights", "term_index"]
 K1, B = 1.2, 0.75
 _REWEIGHT_UNTIL = 1 << 16  # past this many documents avgdl no longer moves enough to matter
 _DRIFT = 0.05
+_FOLD_ROWS = 512  # rows of a block folded into the outer-product sum at once
 
 
 @functools.lru_cache(maxsize=1 << 18)
@@ -62,7 +63,9 @@ class TenantStats:
         self.wsum: dict[int, float] = {}
         self.wsq: dict[int, float] = {}
         self.dsum = np.zeros(dim, dtype=np.float64)
-        self.douter = np.zeros((dim, dim), dtype=np.float64)
+        self._douter = np.zeros((dim, dim), dtype=np.float64)
+        self._rows: list[np.ndarray] = []  # vectors added, not yet in `douter` (folded in blocks)
+        self._pending = 0
         self.weighted_at = 0  # n when the stored weights were last made uniform
         self.weighted_avgdl = 0.0
         self.pos = 0  # a shared store: the commit-log position these statistics reflect
@@ -72,11 +75,28 @@ class TenantStats:
         n = self.n + extra_n
         return (self.total_len + extra_len) / n if n else 1.0
 
+    @property
+    def douter(self) -> np.ndarray:
+        """The sum of outer products of the vectors added (the rows added since the last
+        read are folded in now: one product per block, not one per put)."""
+        if self._rows:
+            block = np.concatenate(self._rows).astype(np.float64)
+            self._rows, self._pending = [], 0
+            with one_blas_thread(rows=len(block)):
+                self._douter += block.T @ block
+        return self._douter
+
+    @douter.setter
+    def douter(self, value: np.ndarray) -> None:
+        self._douter, self._rows, self._pending = value, [], 0
+
     def add(self, dense: np.ndarray, sparse: Iterable[Mapping[int, float]], lengths: Iterable[int]) -> None:
-        dense = np.asarray(dense, dtype=np.float64).reshape(-1, self.dsum.shape[0])
-        self.dsum += dense.sum(axis=0)
-        with one_blas_thread(rows=len(dense)):
-            self.douter += dense.T @ dense
+        dense = np.asarray(dense).reshape(-1, self.dsum.shape[0])
+        self.dsum += dense.sum(axis=0, dtype=np.float64)
+        self._rows.append(dense)
+        self._pending += len(dense)
+        if self._pending >= _FOLD_ROWS:
+            self.douter  # noqa: B018 - folds the block
         for vec, length in zip(sparse, lengths):
             self._add_sparse(vec, +1)
             self.n += 1

@@ -96,8 +96,7 @@ class QdrantColdStore(ThreadedTwins):
         self._lock = state.lock
         self._stats = state.stats
         self._lengths = state.lengths
-        self._items = state.items
-        self._by_seq = state.by_seq
+        self._cache = state.cache
         self.engine: Engine = self._handle.engine
         self.path, self.url = path, url
         self._closed = False
@@ -129,13 +128,11 @@ class QdrantColdStore(ThreadedTwins):
         scope(tenant)  # validates the tenant before anything else
         if not items:
             return
-        with self._lock:
+        ids = [i.id for i in items]
+        with self._lock:  # checks, the write applied, statistics: one writer at a time
             coll = self._ensure(vectors.shape[1])
             stats = self._stats_for_write(tenant)
-            existing = {i.id: self._items[(tenant, i.id)] for i in items if (tenant, i.id) in self._items}
-            unknown = [i.id for i in items if i.id not in existing]
-            if unknown:
-                existing.update((i.id, i) for i in self._fetch(scope(tenant, ids=unknown)))
+            existing = self._known(tenant, ids)
             fresh: list[tuple[ContextItem, np.ndarray]] = []
             seen: set[str] = set()
             for item, vec in zip(items, vectors):
@@ -149,32 +146,53 @@ class QdrantColdStore(ThreadedTwins):
                     )
                 seen.add(item.id)
                 fresh.append((item, vec))
-            if not fresh:
-                return
-            unit = normalize(np.stack([v for _, v in fresh]))
-            toks = [doc_terms(i) for i, _ in fresh]
-            batch_len = sum(len(t) for t in toks)
-            if stats is not None:
-                avgdl = stats.avgdl(batch_len, len(toks))
-            else:  # a large tenant not in memory: the mean length of everything written here
-                avgdl = (self._lengths[0] + batch_len) / (self._lengths[1] + len(toks))
-            sparse = [doc_weights(t, avgdl) for t in toks]
-            points = [PointData(point_id(tenant, item.id), u, sp, to_payload(tenant, item, len(t)))
-                      for (item, _), u, sp, t in zip(fresh, unit, sparse, toks)]
-            self._state.before_write(tenant)
-            self._write(tenant, coll, points)
-            self._lengths[0] += batch_len
-            self._lengths[1] += len(toks)
-            if stats is not None:
-                self._fold(tenant, stats, unit, [dict(zip(*sp)) for sp in sparse], [len(t) for t in toks])
+            if fresh:
+                new = [i.id for i, _ in fresh]
+                done = self._cache.hold(tenant, new)
+                try:
+                    ticket = self._apply(tenant, coll, [i for i, _ in fresh], np.stack([v for _, v in fresh]), stats)
+                except BaseException:
+                    self._cache.release(tenant, new, done)
+                    raise
+        if fresh:  # durable outside the lock: writers applied meanwhile share the flush
+            try:
+                coll.wait_durable(ticket)
+            finally:
+                self._cache.release(tenant, new, done)
+        self._cache.settle(tenant, existing)  # an identical item another add has applied: its flush too
 
-    def _write(self, tenant: str, coll: Any, points: list[PointData]) -> None:
-        """Make `points` durable (embedded: one atomic write; a server: requests of at most
-        `WRITE_BATCH` points) and remember them as a read returns them."""
+    def _apply(self, tenant: str, coll: Any, items: list[ContextItem], vectors: np.ndarray,
+               stats: TenantStats | None) -> int:
+        """Under the lock: points for `items`, written (not yet durable: the ticket to wait
+        on), and folded into the statistics."""
+        unit = normalize(vectors)
+        toks = [doc_terms(i) for i in items]
+        batch_len = sum(len(t) for t in toks)
+        if stats is not None:
+            avgdl = stats.avgdl(batch_len, len(toks))
+        else:  # a large tenant not in memory: the mean length of everything written here
+            avgdl = (self._lengths[0] + batch_len) / (self._lengths[1] + len(toks))
+        sparse = [doc_weights(t, avgdl) for t in toks]
+        points = [PointData(point_id(tenant, item.id), u, sp, to_payload(tenant, item, len(t)))
+                  for item, u, sp, t in zip(items, unit, sparse, toks)]
+        self._state.before_write(tenant)
+        ticket = self._write(tenant, coll, points)
+        self._lengths[0] += batch_len
+        self._lengths[1] += len(toks)
+        if stats is not None:
+            self._fold(tenant, stats, unit, [dict(zip(*sp)) for sp in sparse], [len(t) for t in toks])
+        return ticket
+
+    def _write(self, tenant: str, coll: Any, points: list[PointData]) -> int:
+        """Write `points` (embedded: one atomic write; a server: requests of at most
+        `WRITE_BATCH` points) and remember them as a read returns them; the ticket to pass
+        to `coll.wait_durable` (embedded: the group commit that makes them durable)."""
+        ticket = 0
         step = WRITE_BATCH if self.engine == Engine.SERVER else len(points)
         for start in range(0, len(points), step):
-            coll.upsert(points[start:start + step])
-        self._state.remember(tenant, [from_payload(p.payload) for p in points])
+            ticket = coll.apply(points[start:start + step])
+        self._cache.remember(tenant, [from_payload(p.payload) for p in points])
+        return ticket
 
     def _fold(self, tenant: str, stats: TenantStats, unit: np.ndarray, sparse: list[dict[int, float]],
               lengths: list[int]) -> None:
@@ -220,13 +238,8 @@ class QdrantColdStore(ThreadedTwins):
         scope(tenant)
         if not ids or self._coll is None:
             return []
-        with self._lock:
-            found = {i: self._items[(tenant, i)] for i in ids if (tenant, i) in self._items}
-        missing = [i for i in dict.fromkeys(ids) if i not in found]
-        if missing:
-            fetched = self._fetch(scope(tenant, ids=missing))
-            self._state.remember(tenant, fetched)
-            found.update((i.id, i) for i in fetched)
+        found = self._known(tenant, ids)
+        self._cache.settle(tenant, found)  # applied by an add still flushing: wait for its flush
         return [found[i] for i in ids if i in found]
 
     def get_by_seq(self, tenant: str, seqs: Iterable[int]) -> list[ContextItem]:
@@ -235,17 +248,13 @@ class QdrantColdStore(ThreadedTwins):
         scope(tenant)
         if not seqs or self._coll is None:
             return []
-        found: dict[int, ContextItem] = {}
-        with self._lock:
-            for q in seqs:
-                key = (tenant, self._by_seq.get((tenant, q), ""))
-                if key in self._items:
-                    found[q] = self._items[key]
+        found = self._cache.by_seq(tenant, seqs)
         missing = [q for q in dict.fromkeys(seqs) if q not in found]
         if missing:
             fetched = self._fetch(scope(tenant, seqs=missing, originals_only=True))
-            self._state.remember(tenant, fetched)
+            self._cache.remember(tenant, fetched)
             found.update((i.seq, i) for i in fetched)
+        self._cache.settle(tenant, [i.id for i in found.values()])
         return [found[q] for q in seqs if q in found]
 
     def items(self, tenant: str) -> list[ContextItem]:
@@ -385,6 +394,20 @@ class QdrantColdStore(ThreadedTwins):
 
     def _reweight(self, tenant: str, stats: TenantStats) -> None:
         self._state.reweight(self._coll, tenant, stats)
+
+    def _known(self, tenant: str, ids: Sequence[str]) -> dict[str, ContextItem]:
+        """The stored items among `ids`, by id: from the cache, else one engine read (ids
+        it does not find are recorded absent, see `ItemCache`)."""
+        found, unknown = self._cache.lookup(tenant, ids)
+        if unknown:
+            with self._cache.reading(tenant) as missing:
+                points = scope(tenant, ids=unknown).point_ids
+                assert points is not None
+                fetched = [from_payload(r.payload) for r in self._coll.retrieve(tenant, points)]
+                self._cache.remember(tenant, fetched)
+                found.update((i.id, i) for i in fetched)
+                missing(i for i in unknown if i not in found)
+        return found
 
     def _fetch(self, where: Scope, limit: int | None = -1) -> list[ContextItem]:
         if self._coll is None:
