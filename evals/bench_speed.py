@@ -405,13 +405,14 @@ def run_bench(locomo: Sequence[Conversation], extra: Sequence[Conversation] = ()
               ingest_turns: int = 600, progress: bool = True, frameworks: bool = True, framework_queries: int = 20,
               locomo_path: Path | None = None, qmsum_path: Path | None = None,
               llmlingua: str | None = None, long_histories: Sequence[Sequence[Turn]] = (),
-              long_tokens: int = 115_000) -> list[dict[str, Any]]:
+              long_tokens: int = 115_000, only_ingest: bool = False) -> list[dict[str, Any]]:
     """Every benchmark of this module in one run; the rows `write_bench` renders.
 
     The long-history ingest rows use `long_histories` (e.g. LongMemEval histories: one to
     warm up, three timed) or, when none are given, histories of ~`long_tokens` tokens made
     of the given conversations' turns.
 
+    `only_ingest=True` stops after tiered-context's ingest rows (to iterate on the put path).
     `frameworks=False` leaves the LangChain / LlamaIndex rows out. Compression rows need
     the data paths (`locomo_path`, optionally `qmsum_path`), since `bench_compress`
     reads them itself; `llmlingua` adds LLMLingua's throughput beside ours.
@@ -421,6 +422,8 @@ def run_bench(locomo: Sequence[Conversation], extra: Sequence[Conversation] = ()
     questions = [q.text for c in locomo for q in c.questions][:200]
     rows = bench_ingest(turns)
     rows += bench_long_ingest(long_histories or _long_histories((*locomo, *extra), long_tokens, 4))
+    if only_ingest:
+        return rows
     assemble = bench_assemble(pool, questions, sizes, progress=progress)
     rows += assemble
     if frameworks:
@@ -471,11 +474,12 @@ def render_bench(rows: Sequence[Mapping[str, Any]]) -> str:
         for r in long:
             lines.append(f"| {r['mode']} | {r['seconds_median']} | {r['cpu_seconds_median']} | "
                          f"{r['tokens_per_s']} | {r['tokens_per_cpu_s']} |")
-    budget = next((r["budget"] for r in by["assemble"] if "budget" in r), 2000)
-    lines += ["", f"## Context for one query, budget {budget} (tiered-context retrieves by the question; "
-              "the frameworks keep the most recent messages)", "",
-              "| items | system | queries | p50 ms | p95 ms | max ms | tiered / this (p50) |",
-              "|---|---|---|---|---|---|---|"]
+    if by["assemble"]:
+        budget = next((r["budget"] for r in by["assemble"] if "budget" in r), 2000)
+        lines += ["", f"## Context for one query, budget {budget} (tiered-context retrieves by the question; "
+                  "the frameworks keep the most recent messages)", "",
+                  "| items | system | queries | p50 ms | p95 ms | max ms | tiered / this (p50) |",
+                  "|---|---|---|---|---|---|---|"]
     for r in sorted(by["assemble"], key=lambda r: r["items"]):
         name = r.get("system", "tiered-context assemble")
         if "skipped" in r:

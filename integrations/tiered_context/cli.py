@@ -121,6 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--no-frameworks", action="store_true",
                     help="leave out the LangChain / LlamaIndex rows beside tiered-context")
     be.add_argument("--no-compress", action="store_true", help="leave out the compression throughput rows")
+    be.add_argument("--only-ingest", action="store_true",
+                    help="only tiered-context's ingest rows (one put per turn, long histories): to iterate on the put path")
     be.add_argument("--llmlingua", metavar="MODEL",
                     help="local LLMLingua model (path or cached name): its throughput beside ours")
     be.add_argument("--out", type=Path, default=Path("out/bench"), help="output directory")
@@ -151,7 +153,7 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                      frameworks=not args.no_frameworks,
                      locomo_path=None if args.no_compress else args.data_locomo,
                      qmsum_path=None if args.no_compress else args.data_qmsum, llmlingua=args.llmlingua,
-                     long_histories=long_histories)
+                     long_histories=long_histories, only_ingest=args.only_ingest)
     json_path, md_path = write_bench(rows, args.out)
     print(md_path.read_text(encoding="utf-8"))
     print(f"wrote {json_path}\nwrote {md_path}")

@@ -415,3 +415,28 @@ def test_compression_that_cannot_shrink_is_not_retried_on_every_put() -> None:
     for i in range(200):
         ctx.put(f"short turn {i} ok")  # < 12 tokens: kept verbatim by the compressor
     assert compressor.calls <= 200 // RETRY_AFTER_ITEMS + 2, compressor.batches[:10]
+
+
+def test_a_ladder_behind_its_puts_folds_the_pruned_items_before_it_compresses_again() -> None:
+    """Background: items pruned at 2.5x wait to be folded when puts outpace the ladder. The
+    next job folds them and compresses no L1 item (puts going on would prune most of them
+    before their forms land); `flush` then compresses what is left, to the same bound."""
+    events: list[LadderEvent] = []
+    compressor = CountingCompressor()
+    ctx = make_ctx(compressor, compaction="background", events=events)
+    ladder = ctx._ladder
+    limit = ctx.budget.working_limit
+    try:
+        ladder._retry_at = 10**9  # no job until the flush: the puts run ahead and prune
+        for i in range(200):
+            ctx.put(message(i))
+            if ladder._pruned and ctx.working_tokens >= 2.0 * limit:
+                break
+        assert ladder._pruned and ctx.working_tokens >= 2.0 * limit
+        ctx.flush()
+        jobs = [e for e in events if e.level == LadderLevel.COMPRESS]
+        assert jobs[0].item_ids == () and jobs[1].item_ids  # folded first, compressed after
+        assert compressor.calls and not ladder._pruned and ctx.working_tokens < 2.0 * limit
+        assert any(w.tier == Tier.L2 for w in ctx.working_set)
+    finally:
+        ctx.close()

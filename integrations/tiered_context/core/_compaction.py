@@ -10,7 +10,8 @@ work and take any step left), `checkpoint`, `resume` (restore + replay on open),
     admit ──► _ladder ──► 1.5x: alert event
                     ──► 2.0x: _schedule_compression picks the oldest batch (deterministic)
                               └► _compress (inline, or on the worker thread):
-                                   L1 originals -> L2 compressed forms
+                                   L1 originals -> L2 compressed forms (none while the
+                                     background work is behind: pruned items wait to be folded)
                                    oldest L2 items retire -> _fold_retiring -> a summary
                     ──► 2.5x: _prune, synchronous (pruned items are folded later)
 
@@ -190,11 +191,13 @@ class Ladder(Summaries, Checkpoints):
             self._prepare_forms()
         if not all(wait(f) for f in list(self._preparing)):
             return False
-        for again in (True, False):
+        # puts that raced a finished batch may leave a step to take, and a job that only
+        # folded pruned items (`_schedule_compression`) leaves the compression it put off
+        for again in (True, True, False):
             while (pending := self._pending) is not None:
                 if not wait(pending):
                     return False
-            if again:  # puts that raced a finished batch may leave one more step to take
+            if again:
                 with self.lock:
                     self._retry_at = 0  # an explicit settle acts now, backoff or not
                     self._ladder()
@@ -276,7 +279,13 @@ class Ladder(Summaries, Checkpoints):
                                item_ids=tuple(pruned), detail=f"pruned {len(pruned)} items to L3 (archived)"))
 
     def _schedule_compression(self) -> None:
-        """Pick the batch now (deterministic), compress it inline or in the background."""
+        """Pick the batch now (deterministic), compress it inline or in the background.
+
+        While puts outpace the background work (items were pruned at 2.5x and wait to be
+        folded), no new L1 items are compressed: the prunes that go on meanwhile would take
+        most of them before their forms land (measured: ~85% on a LongMemEval history put
+        turn by turn). The job folds the pruned items and retires L2 ones; compression
+        resumes once the ladder has caught up (at the latest, on `flush`)."""
         if self._next_seq < self._retry_at:
             return
         limit = self.config.budget.working_limit
@@ -284,6 +293,7 @@ class Ladder(Summaries, Checkpoints):
         tokens = self.tokens
         protected = set(list(self._working)[-self.config.budget.recent_items:]) if self.config.budget.recent_items else set()
         compress = self.config.compression != Compression.OFF
+        behind = self.mode == Compaction.BACKGROUND and bool(self._pruned)
         batch, retire = [], []
         for origin, item in self._working.items():  # oldest first
             if tokens <= limit:
@@ -291,12 +301,14 @@ class Ladder(Summaries, Checkpoints):
             if item.pinned or origin in protected or origin in self._kept:
                 continue
             if item.tier == Tier.L1 and compress:
+                if behind:
+                    continue
                 batch.append(item)
                 tokens -= int(item.tokens * (1 - ratio))
             else:
                 retire.append(origin)
                 tokens -= item.tokens
-        if not batch and not retire:
+        if not batch and not retire and not behind:
             return
         if self.mode == Compaction.INLINE:
             self._compress(batch, retire, ratio)

@@ -176,14 +176,19 @@ class WordLlamaEmbedder(_ThreadedAsync):
             raise TypeError("WordLlamaEmbedder.embed takes a sequence of str")
         table = self._table
         out = np.zeros((len(texts), table.shape[1]), dtype=np.float32)
+        counts = np.ones(len(texts), dtype=np.float32)
         for row, text in enumerate(texts):
             ids = self._ids(text)
             if ids:
                 if self._top is not None:  # ids past the table are clamped to its last row, as WordLlama does
                     ids = np.clip(np.asarray(ids, dtype=np.int64), 0, self._top)
                 # a sum over axis 0 adds the rows one after another, as WordLlama's masked
-                # sum over its padded batch does (padding adds zeros): the same bits
-                out[row] = table[ids].sum(axis=0, dtype=np.float32) / np.float32(len(ids))
+                # sum over its padded batch does (padding adds zeros): the same bits. Summed
+                # in place and divided once for the batch (a summary embeds thousands of
+                # sentences: numpy's cost per call is most of it)
+                np.add.reduce(table[ids], axis=0, out=out[row])
+                counts[row] = len(ids)
+        out /= counts[:, None]
         return normalize(out)
 
     def _ids(self, text: str) -> list[int]:

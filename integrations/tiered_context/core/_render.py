@@ -114,6 +114,7 @@ def _day(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%d")
 
 
+@functools.lru_cache(maxsize=4096)  # a summary asks it for every line of the day
 def header(day: str) -> str:
     return "[" + datetime.strptime(day, "%Y-%m-%d").strftime("%-d %B %Y") + "]"
 
