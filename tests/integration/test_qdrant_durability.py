@@ -277,13 +277,15 @@ def test_a_put_that_finds_an_item_still_flushing_waits_for_its_flush(tmp_path, m
     seen: list[bool] = []
     reader = threading.Thread(target=lambda: (store.get("t", ["x"]), seen.append(bool(synced))))
     adder = threading.Thread(target=lambda: (store.add("t", [item], vec), seen.append(bool(synced))))
-    reader.start()
-    adder.start()
+    searcher = threading.Thread(target=lambda: seen.append(
+        "x" in [h.item.id for h in store.search("t", "the same turn", vec[0], limit=5).hits] and bool(synced)))
+    for t in (reader, adder, searcher):
+        t.start()
     reader.join(0.3)
     gate.set()
-    for t in (writer, reader, adder):
+    for t in (writer, reader, adder, searcher):
         t.join()
-    assert seen == [True, True], "a reader returned the item before its flush"
+    assert seen == [True, True, True], "a read returned the item before its flush"
     store.close()
 
 

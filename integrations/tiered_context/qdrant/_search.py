@@ -56,6 +56,7 @@ def search(store: Any, tenant: str, query: str, vector: np.ndarray, *, limit: in
             if r.id not in items:
                 items[r.id] = from_payload(r.payload)
     store._cache.remember(tenant, list(items.values()))
+    store._cache.settle(tenant, [i.id for i in items.values()])  # no hit before its write is durable
     # UNION: each hit already has the part of the search that found it; fetch the other
     cos = {items[r.id].id: r.score for r in found[0]} if len(found) == 2 or sparse is None else {}
     bm = {items[r.id].id: r.score for r in found[1]} if len(found) == 2 else {}

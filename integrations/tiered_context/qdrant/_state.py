@@ -130,8 +130,10 @@ class ItemCache:
 
     Durability: an embedded write is visible as soon as it is applied and becomes
     durable at its group commit a little later. `hold` marks its ids meanwhile, and
-    `settle` makes a reader of them wait for that commit, so a put that finds an item
-    already stored (the same turn put twice at once) never returns before it is on disk.
+    `settle` makes a reader of them (`get`, `get_by_seq`, `search`, an identical `add`)
+    wait for that commit: no read returns what a crash could still take back, and a put
+    that finds its item already stored (the same turn put twice at once) never returns
+    before it is on disk.
     """
 
     def __init__(self, size: int, *, absent: bool) -> None:
