@@ -11,7 +11,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tiered_context.core._durable import fsync_dir
@@ -104,7 +104,13 @@ class _Journal:
         finally:
             if sync_fd >= 0:
                 os.close(sync_fd)
-        self._acknowledge(ticket)
+        with self._cv:
+            while ticket.error is None and self._flight[0] is not ticket:
+                self._cv.wait()  # an earlier append is still syncing: it may yet fail and cut this one
+            if ticket in self._flight:
+                self._flight.remove(ticket)
+            self._cv.notify_all()
+            ticket.finish(ticket.error is None)
         if interrupted is not None:
             raise interrupted
         if ticket.error is not None:
@@ -136,27 +142,6 @@ class _Journal:
                 if cuts == self._cuts:  # else the bytes it covered may be gone: the next fsync decides
                     self._synced = max(self._synced, target)
                 self._cv.notify_all()
-
-    def _acknowledge(self, ticket: _Ticket) -> None:
-        """`ticket.finish`, in file order: an earlier append still syncing may yet fail and
-        cut this one. Each append wakes only the next (`turn`), not every writer waiting."""
-        while True:
-            with self._cv:
-                if ticket.error is not None or self._flight[0] is ticket:
-                    break
-                ticket.turn.clear()  # under the lock, as every `set`: no wake-up is lost
-            ticket.turn.wait()
-        try:
-            with self._cv:
-                ticket.finish(ticket.error is None)
-        finally:
-            with self._cv:
-                if ticket in self._flight:
-                    self._flight.remove(ticket)
-                if self._flight:
-                    self._flight[0].turn.set()
-                else:
-                    self._cv.notify_all()  # `close` waits for the last one
 
     def close(self) -> None:
         """Wait for the appends in flight, then close (which releases the lock)."""
@@ -193,7 +178,6 @@ class _Journal:
             t.error = StoreError(f"cannot append to the archive {self.file}: {reason}; free disk space "
                                  "(or fix the disk) and retry: nothing of this write was kept")
             t.error.__cause__ = exc
-            t.turn.set()
         self._cv.notify_all()
 
     def _truncate(self, size: int) -> None:
@@ -221,4 +205,3 @@ class _Ticket:
     end: int = 0
     fd: int = -1  # the descriptor its writer opened before writing it, for an fsync
     error: BaseException | None = None
-    turn: threading.Event = field(default_factory=threading.Event)  # set when it may be acknowledged

@@ -195,11 +195,11 @@ class ClientCollection:
             with_payload=with_payload, with_vectors=with_vectors, **order, **self._consistency))
         return [_record(p) for p in points], nxt
 
-    def retrieve(self, tenant: str, point_ids: Sequence[str]) -> list[Record]:
-        """The points of `tenant` among `point_ids` (a lookup by id)."""
+    def retrieve(self, point_ids: Sequence[str]) -> list[Record]:
+        """The points among `point_ids`, with payloads (a lookup by id)."""
         points = self.conn.call("read", lambda: self.conn.client.retrieve(
             self.name, list(point_ids), with_payload=True, with_vectors=False, **self._consistency))
-        return [r for r in map(_record, points) if r.payload.get(TENANT_FIELD) == tenant]
+        return [_record(p) for p in points]
 
     def count(self, scope: Scope) -> int:
         res = self.conn.call("count", lambda: self.conn.client.count(self.name, count_filter=_filter(scope), exact=True))

@@ -145,6 +145,19 @@ class ItemCache:
         self._reads: dict[int, set[tuple[str, str]]] = {}  # reads in flight: the ids written meanwhile
         self._holds: dict[tuple[str, str], threading.Event] = {}  # applied, not yet durable
 
+    def known(self, tenant: str, ids: Iterable[str],
+              read: Callable[[list[str]], list[ContextItem]]) -> dict[str, ContextItem]:
+        """The stored items among `ids`, by id: cached, else `read(unknown ids)` from the
+        engine (remembered; the ids it does not return are recorded absent)."""
+        found, unknown = self.lookup(tenant, ids)
+        if unknown:
+            with self.reading(tenant) as missing:
+                fetched = read(unknown)
+                self.remember(tenant, fetched)
+                found.update((i.id, i) for i in fetched)
+                missing(i for i in unknown if i not in found)
+        return found
+
     def lookup(self, tenant: str, ids: Iterable[str]) -> tuple[dict[str, ContextItem], list[str]]:
         """(cached items by id, the ids neither cached nor known absent)."""
         found: dict[str, ContextItem] = {}
@@ -214,21 +227,21 @@ class ItemCache:
                 del self._by_seq[k]
 
     # -- applied, not yet durable --------------------------------------------------------
-    def hold(self, tenant: str, ids: Iterable[str]) -> threading.Event:
-        """Mark `ids` as being written (before the write is applied); `release` when durable."""
+    def hold(self, tenant: str, ids: Sequence[str]) -> Callable[[], None]:
+        """Mark `ids` as being written (before the write is applied); returns what to call
+        once it is durable (or failed), which lets their readers go on."""
         done = threading.Event()
         with self._lock:
             for i in ids:
                 self._holds[(tenant, i)] = done
-        return done
 
-    def release(self, tenant: str, ids: Iterable[str], done: threading.Event) -> None:
-        """The write `hold` marked is durable (or failed): its readers go on."""
-        with self._lock:
-            for i in ids:
-                if self._holds.get((tenant, i)) is done:
-                    del self._holds[(tenant, i)]
-        done.set()
+        def release() -> None:
+            with self._lock:
+                for i in ids:
+                    if self._holds.get((tenant, i)) is done:
+                        del self._holds[(tenant, i)]
+            done.set()
+        return release
 
     def settle(self, tenant: str, ids: Iterable[str]) -> None:
         """Return once every write of `ids` a reader may have seen applied is durable."""

@@ -77,14 +77,18 @@ class TenantStats:
 
     @property
     def douter(self) -> np.ndarray:
-        """The sum of outer products of the vectors added (the rows added since the last
-        read are folded in now: one product per block, not one per put)."""
+        """The sum of outer products of the vectors added (those added since the last read
+        are folded in first)."""
+        self._fold()
+        return self._douter
+
+    def _fold(self) -> None:
+        """Add the pending rows' outer products: one product per block, not one per put."""
         if self._rows:
             block = np.concatenate(self._rows).astype(np.float64)
             self._rows, self._pending = [], 0
             with one_blas_thread(rows=len(block)):
                 self._douter += block.T @ block
-        return self._douter
 
     @douter.setter
     def douter(self, value: np.ndarray) -> None:
@@ -96,7 +100,7 @@ class TenantStats:
         self._rows.append(dense)
         self._pending += len(dense)
         if self._pending >= _FOLD_ROWS:
-            self.douter  # noqa: B018 - folds the block
+            self._fold()
         for vec, length in zip(sparse, lengths):
             self._add_sparse(vec, +1)
             self.n += 1

@@ -18,7 +18,7 @@ from tiered_context.qdrant._engine import CollectionSpec, Engine, FusionMode, Po
 from tiered_context.qdrant._payload import doc_terms, from_payload, to_payload
 from tiered_context.qdrant._state import WRITE_BATCH, scroll_all, shared_state
 from tiered_context.qdrant._stats import TenantStats, doc_weights
-from tiered_context.qdrant._tenancy import Scope, point_id, scope
+from tiered_context.qdrant._tenancy import TENANT_FIELD, Scope, point_id, scope
 
 __all__ = ["QdrantColdStore"]
 
@@ -128,37 +128,21 @@ class QdrantColdStore(ThreadedTwins):
         scope(tenant)  # validates the tenant before anything else
         if not items:
             return
-        ids = [i.id for i in items]
-        with self._lock:  # checks, the write applied, statistics: one writer at a time
-            coll = self._ensure(vectors.shape[1])
-            stats = self._stats_for_write(tenant)
-            existing = self._known(tenant, ids)
-            fresh: list[tuple[ContextItem, np.ndarray]] = []
-            seen: set[str] = set()
-            for item, vec in zip(items, vectors):
-                old = existing.get(item.id)
-                if old is not None or item.id in seen:
-                    if old is not None and old.text == item.text and old.role == item.role:
-                        continue
-                    raise DuplicateItemError(
-                        f"item id {item.id!r} is already stored with different content; "
-                        "give the new item its own id (or omit id= to derive one from content)"
-                    )
-                seen.add(item.id)
-                fresh.append((item, vec))
-            if fresh:
-                new = [i.id for i, _ in fresh]
-                done = self._cache.hold(tenant, new)
-                try:
+        release = None
+        try:
+            with self._lock:  # checks, the write applied, statistics: one writer at a time
+                coll = self._ensure(vectors.shape[1])
+                stats = self._stats_for_write(tenant)
+                existing = self._known(tenant, [i.id for i in items])
+                fresh = _fresh(items, vectors, existing)
+                if fresh:
+                    release = self._cache.hold(tenant, [i.id for i, _ in fresh])
                     ticket = self._apply(tenant, coll, [i for i, _ in fresh], np.stack([v for _, v in fresh]), stats)
-                except BaseException:
-                    self._cache.release(tenant, new, done)
-                    raise
-        if fresh:  # durable outside the lock: writers applied meanwhile share the flush
-            try:
+            if release is not None:  # durable outside the lock: writers applied meanwhile share the flush
                 coll.wait_durable(ticket)
-            finally:
-                self._cache.release(tenant, new, done)
+        finally:
+            if release is not None:
+                release()
         self._cache.settle(tenant, existing)  # an identical item another add has applied: its flush too
 
     def _apply(self, tenant: str, coll: Any, items: list[ContextItem], vectors: np.ndarray,
@@ -396,18 +380,11 @@ class QdrantColdStore(ThreadedTwins):
         self._state.reweight(self._coll, tenant, stats)
 
     def _known(self, tenant: str, ids: Sequence[str]) -> dict[str, ContextItem]:
-        """The stored items among `ids`, by id: from the cache, else one engine read (ids
-        it does not find are recorded absent, see `ItemCache`)."""
-        found, unknown = self._cache.lookup(tenant, ids)
-        if unknown:
-            with self._cache.reading(tenant) as missing:
-                points = scope(tenant, ids=unknown).point_ids
-                assert points is not None
-                fetched = [from_payload(r.payload) for r in self._coll.retrieve(tenant, points)]
-                self._cache.remember(tenant, fetched)
-                found.update((i.id, i) for i in fetched)
-                missing(i for i in unknown if i not in found)
-        return found
+        """The stored items among `ids`, by id (`ItemCache.known`; the engine read is by
+        point id, and keeps only `tenant`'s points)."""
+        return self._cache.known(tenant, ids, lambda unknown: [
+            from_payload(r.payload) for r in self._coll.retrieve([point_id(tenant, i) for i in unknown])
+            if r.payload.get(TENANT_FIELD) == tenant])
 
     def _fetch(self, where: Scope, limit: int | None = -1) -> list[ContextItem]:
         if self._coll is None:
@@ -418,3 +395,22 @@ class QdrantColdStore(ThreadedTwins):
             return []
         return [from_payload(r.payload) for r in self._records(where, limit=limit)]
 
+
+def _fresh(items: Sequence[ContextItem], vectors: np.ndarray,
+           existing: dict[str, ContextItem]) -> list[tuple[ContextItem, np.ndarray]]:
+    """What `add` writes: each new id once; an identical re-add is skipped, the same id with
+    other content refused."""
+    fresh: list[tuple[ContextItem, np.ndarray]] = []
+    seen: set[str] = set()
+    for item, vec in zip(items, vectors):
+        old = existing.get(item.id)
+        if old is not None or item.id in seen:
+            if old is not None and old.text == item.text and old.role == item.role:
+                continue
+            raise DuplicateItemError(
+                f"item id {item.id!r} is already stored with different content; "
+                "give the new item its own id (or omit id= to derive one from content)"
+            )
+        seen.add(item.id)
+        fresh.append((item, vec))
+    return fresh
