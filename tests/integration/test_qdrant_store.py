@@ -302,6 +302,14 @@ def test_reweighting_keeps_young_tenants_exact(tmp_path):
     a, b = local.score("s", "word1 launch", qv, ["i1", "i10"]), s.score("s", "word1 launch", qv, ["i1", "i10"])
     assert b["i1"][0] == pytest.approx(a["i1"][0], rel=0.08)
     assert b["i10"][0] == pytest.approx(a["i10"][0], rel=0.08)
+    # the statistics a reweight updated in place equal those rebuilt from the stored weights
+    kept = s._state.stats.pop("s")
+    assert kept.weighted_avgdl > 0  # a reweight ran (it sets the avgdl the weights share)
+    rebuilt = s._state.tenant_stats(s._coll, "s", 8)
+    assert dict(kept.df) == dict(rebuilt.df)
+    for mine, theirs in ((kept.wsum, rebuilt.wsum), (kept.wsq, rebuilt.wsq)):
+        assert mine.keys() == theirs.keys()
+        assert all(mine[i] == pytest.approx(theirs[i], rel=1e-6, abs=1e-9) for i in mine)
     s.close()
 
 

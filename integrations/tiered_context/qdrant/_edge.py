@@ -395,8 +395,12 @@ def _filter(scope: Scope) -> Any:
     return qe.Filter(must=must)
 
 
-
 def _size(point: PointData) -> int:
-    """About how many bytes `point` takes once stored: vectors and payload."""
+    """About how many bytes `point` takes once stored, from above: vectors, and a payload
+    bounded by its variable parts (text at 4 bytes a character, metadata, source ids)."""
     sparse = len(point.sparse[0]) if point.sparse else 0
-    return 4 * len(point.dense) + 8 * sparse + len(repr(point.payload))
+    payload = point.payload
+    text = payload.get("text")
+    variable = 4 * len(text) if isinstance(text, str) else len(repr(text))
+    variable += len(repr(payload.get("metadata"))) + len(repr(payload.get("source_ids")))
+    return 4 * len(point.dense) + 8 * sparse + variable + 512

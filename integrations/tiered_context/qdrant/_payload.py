@@ -14,9 +14,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from tiered_context.core import ContextItem, Tier, terms
+from tiered_context.core import ContextItem, Tier, search_text, terms
 
-__all__ = ["from_payload", "json_safe", "search_text", "to_payload"]
+__all__ = ["doc_terms", "from_payload", "json_safe", "payload_terms", "PAYLOAD_TERMS", "to_payload"]
 
 _MAX_DEPTH = 32
 
@@ -43,12 +43,6 @@ def json_safe(value: Any, _depth: int = 0) -> Any:
         except Exception:  # noqa: BLE001 - fall back to str below
             pass
     return str(value)
-
-
-def search_text(item: ContextItem) -> str:
-    """What BM25 indexes: the speaker's name (if any) and the text, like `LocalColdStore`."""
-    speaker = item.metadata.get("speaker") or item.metadata.get("name") or ""
-    return f"{speaker} {item.text}" if speaker else item.text
 
 
 def to_payload(tenant: str, item: ContextItem, length: int) -> dict[str, Any]:
@@ -80,4 +74,14 @@ def from_payload(payload: Mapping[str, Any]) -> ContextItem:
 
 
 def doc_terms(item: ContextItem) -> list[str]:
+    """What BM25 indexes of `item`: the core's `search_text` (speaker, then text)."""
     return terms(search_text(item))
+
+
+def payload_terms(payload: Mapping[str, Any]) -> list[str]:
+    """`doc_terms` of a stored point from its "id", "text" and "metadata" fields alone
+    (`PAYLOAD_TERMS`: a scroll for terms reads only these)."""
+    return doc_terms(ContextItem(id=payload["id"], text=payload["text"], metadata=payload.get("metadata") or {}))
+
+
+PAYLOAD_TERMS = ["id", "text", "metadata"]

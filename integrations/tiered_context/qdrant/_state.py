@@ -19,7 +19,7 @@ import numpy as np
 
 from tiered_context.core import ContextItem
 from tiered_context.qdrant._engine import SPARSE, Record
-from tiered_context.qdrant._payload import doc_terms, from_payload
+from tiered_context.qdrant._payload import PAYLOAD_TERMS, from_payload, payload_terms
 from tiered_context.qdrant._snapshots import Snapshots
 from tiered_context.qdrant._stats import TenantStats, doc_weights
 from tiered_context.qdrant._tenancy import Scope, scope
@@ -95,15 +95,20 @@ class State:
     def reweight(self, coll: Any, tenant: str, stats: TenantStats) -> None:
         """Rewrite the tenant's BM25 weights with today's avgdl (young tenants only)."""
         avgdl = stats.avgdl()
-        updates, old, new = [], [], []
-        for r in scroll_all(coll, scope(tenant), with_vectors=[SPARSE]):
-            idx, val = doc_weights(doc_terms(from_payload(r.payload)), avgdl)
-            updates.append((r.id, (idx, val)))
-            old.append(r.sparse or {})
-            new.append(dict(zip(idx, val)))
+        updates, idx, old, new = [], [], [], []
+        for r in scroll_all(coll, scope(tenant), with_vectors=[SPARSE], payload=PAYLOAD_TERMS):
+            i, v = doc_weights(payload_terms(r.payload), avgdl)
+            updates.append((r.id, (i, v)))
+            was = dict(r.sparse or {})
+            idx += i
+            new += v
+            old += [was.pop(k, 0.0) for k in i]
+            idx += was  # terms no longer indexed (a store written under other term rules)
+            old += was.values()
+            new += [0.0] * len(was)
         for start in range(0, len(updates), WRITE_BATCH):
             coll.set_sparse(updates[start:start + WRITE_BATCH])
-        stats.replace_sparse(old, new)
+        stats.reweighted(np.asarray(idx, dtype=np.int64), np.asarray(old, dtype=np.float64), np.asarray(new, dtype=np.float64))
         stats.weighted_at, stats.weighted_avgdl = stats.n, avgdl
 
     # -- the last query's parts ------------------------------------------------------

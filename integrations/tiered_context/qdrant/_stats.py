@@ -106,11 +106,25 @@ class TenantStats:
             self.n += 1
             self.total_len += int(length)
 
-    def replace_sparse(self, old: Iterable[Mapping[int, float]], new: Iterable[Mapping[int, float]]) -> None:
-        for vec in old:
-            self._add_sparse(vec, -1)
-        for vec in new:
-            self._add_sparse(vec, +1)
+    def reweighted(self, idx: np.ndarray, old: np.ndarray, new: np.ndarray) -> None:
+        """Documents' weights of terms `idx` went from `old` to `new` (0: the document
+        lacks the term): the sums follow; so do document frequencies, which change only
+        when a store indexed by other term rules is rewritten."""
+        if not len(idx):
+            return
+        terms, where = np.unique(idx, return_inverse=True)
+        dsum = np.bincount(where, weights=new - old)
+        dsq = np.bincount(where, weights=new * new - old * old)
+        ddf = np.bincount(where, weights=(new > 0).astype(np.float64) - (old > 0))
+        for i, a, b, d in zip(terms.tolist(), dsum.tolist(), dsq.tolist(), ddf.tolist()):
+            self.wsum[i] = self.wsum.get(i, 0.0) + a
+            self.wsq[i] = self.wsq.get(i, 0.0) + b
+            if d:
+                self.df[i] += int(round(d))
+            if self.df[i] <= 0:
+                self.df.pop(i, None)
+                self.wsum.pop(i, None)
+                self.wsq.pop(i, None)
 
     def _add_sparse(self, vec: Mapping[int, float], sign: int) -> None:
         for i, w in vec.items():
