@@ -440,3 +440,20 @@ def test_a_ladder_behind_its_puts_folds_the_pruned_items_before_it_compresses_ag
         assert any(w.tier == Tier.L2 for w in ctx.working_set)
     finally:
         ctx.close()
+
+
+@pytest.mark.parametrize("compaction", ["inline", "background"])
+def test_items_pruned_by_one_large_put_are_folded_by_flush(compaction: str) -> None:
+    """A `put_many` past 2.5x prunes to just under 2x, where no compression is due: the
+    pruned items are still folded into a summary (they used to wait for the next put that
+    crossed 2x, which a bulk load never makes), and nothing else changes below 2x."""
+    ctx = make_ctx(compaction=compaction)
+    ladder = ctx._ladder
+    try:
+        ctx.put_many([message(i) for i in range(40)])
+        ctx.flush()
+        assert ctx.working_tokens < 2.0 * ctx.budget.working_limit
+        assert not ladder._pruned and ladder._frontier  # folded into a live summary
+        assert all(w.tier == Tier.L1 for w in ctx.working_set)  # below 2x: folded, not compressed
+    finally:
+        ctx.close()

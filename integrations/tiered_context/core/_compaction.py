@@ -251,8 +251,8 @@ class Ladder(Summaries, Checkpoints):
                                    detail=f"working set at {tokens / self.config.budget.working_limit:.2f}x"))
         if level == LadderLevel.PRUNE:
             self._prune(tokens)
-        if self.config.budget.level(self.tokens) in (LadderLevel.COMPRESS, LadderLevel.PRUNE) and self._pending is None:
-            self._schedule_compression()
+        if self._pending is None and (self._pruned or self.config.budget.level(self.tokens) in (LadderLevel.COMPRESS, LadderLevel.PRUNE)):
+            self._schedule_compression()  # pruned items are folded even when the prune left the set below 2x
 
     def _prune(self, tokens: int) -> None:
         """Synchronous: lowest priority (importance + recency) out of the working set."""
@@ -294,9 +294,10 @@ class Ladder(Summaries, Checkpoints):
         protected = set(list(self._working)[-self.config.budget.recent_items:]) if self.config.budget.recent_items else set()
         compress = self.config.compression != Compression.OFF
         behind = self.mode == Compaction.BACKGROUND and bool(self._pruned)
+        over = self.config.budget.level(tokens) in (LadderLevel.COMPRESS, LadderLevel.PRUNE)
         batch, retire = [], []
         for origin, item in self._working.items():  # oldest first
-            if tokens <= limit:
+            if not over or tokens <= limit:  # below 2x: only the pruned items are folded
                 break
             if item.pinned or origin in protected or origin in self._kept:
                 continue
@@ -308,7 +309,7 @@ class Ladder(Summaries, Checkpoints):
             else:
                 retire.append(origin)
                 tokens -= item.tokens
-        if not batch and not retire and not behind:
+        if not batch and not retire and not self._pruned:
             return
         if self.mode == Compaction.INLINE:
             self._compress(batch, retire, ratio)
