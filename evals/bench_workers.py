@@ -30,7 +30,11 @@ maintain on each put; every dense search an exact scan of the tenant).
 (``path=``, ``store_kind="journal"``) and on embedded Qdrant (``store_kind="qdrant"``): the
 durable rows against the in-memory one show what a durable write costs when writers share
 it (group commits); ``--threads 0`` skips them. Two rates: until the last put returned, and
-sustained, until the ladder's background compaction those puts started was done too. Every row first puts the same turns into a
+sustained, until the ladder's background compaction those puts started was done too. Each
+store runs twice: with the ladder off (a budget the puts never fill: the put path and its
+durable write alone) and on (the default budget: the puts also start compaction, whose amount
+depends on timing: a slower row leaves the worker more turns to compress before they are
+pruned). Every row first puts the same turns into a
 throwaway in-memory memory, so that all rows start with the same warm caches (the texts'
 tokens, surprisal and facts are cached by text: the row measured first would otherwise pay
 for them alone, and the others look faster than they are).
@@ -209,11 +213,12 @@ def _preload_embedded(path: str, session: str, preload: int) -> None:
     ctx.close()
 
 
-def _thread_puts(kind: str, threads: int, puts: int) -> dict[str, Any]:
-    """`threads` threads, `puts` puts each, into one `TieredContext` (see the docstring)."""
+def _thread_puts(kind: str, threads: int, puts: int, *, ladder: bool = True) -> dict[str, Any]:
+    """`threads` threads, `puts` puts each, into one `TieredContext` (see the docstring);
+    `ladder=False`: a budget the puts never fill, so no compaction runs (the put path alone)."""
     import threading
 
-    from tiered_context import TieredContext
+    from tiered_context import Budget, TieredContext
 
     turns, _ = _texts(threads * puts)
     warm = TieredContext(session_id="bench-threads-warm-up")  # the same caches for every row
@@ -223,6 +228,8 @@ def _thread_puts(kind: str, threads: int, puts: int) -> dict[str, Any]:
     tmp = tempfile.mkdtemp(prefix="tc-bench-threads-")
     try:
         kw: dict[str, Any] = {} if kind == "memory" else {"path": tmp, "store_kind": kind}
+        if not ladder:
+            kw["budget"] = Budget(max_tokens=1 << 30)
         ctx = TieredContext(session_id="bench-threads", **kw)
         ctx.put("warm up: the embedder, the tokenizer and the store are loaded before timing")
         start = threading.Barrier(threads + 1)
@@ -247,19 +254,19 @@ def _thread_puts(kind: str, threads: int, puts: int) -> dict[str, Any]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     n = threads * puts
-    return {"store": kind, "threads": threads, "puts_per_s": n / seconds, "sustained_per_s": n / drained}
+    return {"store": kind, "ladder": ladder, "threads": threads, "puts_per_s": n / seconds, "sustained_per_s": n / drained}
 
 
 def thread_table(rows: list[dict[str, Any]]) -> str:
     """puts/s: until the last put returned; sustained: until the background compaction they
     started was done too (a faster row leaves more of it behind the clock)."""
-    base = next((r for r in rows if r["store"] == "memory"), None)
-    lines = ["| one process, one memory | threads | puts/s | of in-memory | sustained puts/s | of in-memory |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| one process, one memory | ladder | threads | puts/s | of in-memory | sustained puts/s | of in-memory |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
+        base = next((b for b in rows if b["store"] == "memory" and b.get("ladder", True) == r.get("ladder", True)), None)
         shares = [f"{r[k] / base[k]:.2f}" if base else "" for k in ("puts_per_s", "sustained_per_s")]
-        lines.append(f"| {r['store']} | {r['threads']} | {r['puts_per_s']:.0f} | {shares[0]} | "
-                     f"{r['sustained_per_s']:.0f} | {shares[1]} |")
+        lines.append(f"| {r['store']} | {'on' if r.get('ladder', True) else 'off'} | {r['threads']} | {r['puts_per_s']:.0f} | "
+                     f"{shares[0]} | {r['sustained_per_s']:.0f} | {shares[1]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -380,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.threads > 0:
-        threaded = [_thread_puts(kind, args.threads, args.puts) for kind in ("memory", "journal", "qdrant")]
+        threaded = [_thread_puts(kind, args.threads, args.puts, ladder=ladder)
+                    for ladder in (False, True) for kind in ("memory", "journal", "qdrant")]
         md = thread_table(threaded)
         (args.out / "threads.json").write_text(json.dumps(threaded, indent=2))
         (args.out / "threads.md").write_text(md)

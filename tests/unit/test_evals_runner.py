@@ -309,9 +309,12 @@ def test_jobs_give_the_same_rows_and_assemblies(locomo_slice: Conversation) -> N
 
 
 def test_bench_workers_threads_rows(tmp_path: Path) -> None:
-    """`tiered-context bench workers --only-threads`: a row per store, shares of in-memory."""
+    """`tiered-context bench workers --only-threads`: a row per store, with the ladder off
+    (the put path alone) and on, shares of the in-memory row with the same ladder."""
     assert main(["bench", "workers", "--only-threads", "--threads", "2", "--puts", "3", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "threads.json").read_text())
-    assert [r["store"] for r in rows] == ["memory", "journal", "qdrant"]
+    assert [(r["store"], r["ladder"]) for r in rows] == [
+        (store, ladder) for ladder in (False, True) for store in ("memory", "journal", "qdrant")]
     assert all(r["threads"] == 2 and r["puts_per_s"] > 0 and r["sustained_per_s"] > 0 for r in rows)
-    assert "| journal | 2 |" in (tmp_path / "threads.md").read_text()
+    md = (tmp_path / "threads.md").read_text()
+    assert "| journal | off | 2 |" in md and "| journal | on | 2 |" in md

@@ -10,8 +10,9 @@ import fcntl
 import os
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tiered_context.core._durable import fsync_dir
@@ -25,18 +26,24 @@ class _Journal:
 
     How an append becomes durable, and why it is fast with many writers:
 
-    - Each `commit` writes its bytes with one ``os.write`` on a raw descriptor (no Python
-      buffer, so a failed write cannot leave bytes behind for a later flush), under a
-      lock, so that lines never interleave and each append knows where it begins.
-    - One fsync runs at a time, outside the lock, and covers every byte written before it
-      started. Appends written while it runs wait for it, then one of them syncs them all:
-      that is the group commit. (Each writer fsyncing on its own lets the filesystem share
-      only the fsyncs that happen to overlap; with the GIL between them they rarely did, and
-      8 writers were held to one fsync's rate, ~1,100 appends/s here.)
-    - An fsync goes through a descriptor opened before the oldest append it covers was
-      written (a duplicate of that append's own): Linux reports a failed write-back once per
-      open file, and only to descriptors open when it happened, so a descriptor opened
-      later, or shared with other writers, could let an append believe its bytes were safe.
+    - Each `commit` queues its bytes (under a lock, which gives it its place in the file)
+      and waits. One *pass* runs at a time: its leader (the writer that found none
+      running) writes every queued append with one ``os.write`` on a raw descriptor (no
+      Python buffer, so a failed write cannot leave bytes behind for a later flush), then
+      fsyncs them, outside the lock. Appends queued meanwhile wait for it, then the oldest
+      of them leads the next pass, for all of them: writers share a write and its flush
+      (the group commit). Every system call of a pass costs its writer a hand-off of the
+      GIL, and so its wait; a writer that does not lead makes none.
+    - A pass acknowledges what it made durable itself, in file order (each append's
+      `finish`), and wakes each of those writers once, through its own event: a waiter is
+      woken only when it is done or must lead (no herd of waiters re-checking one
+      condition; with the GIL, each wake-up is a hand-off that can cost milliseconds).
+    - An fsync goes through a descriptor opened before every byte it must vouch for was
+      written: Linux reports a failed write-back once per open file, and only to
+      descriptors open when it happened, so a descriptor opened later could let an append
+      believe its bytes were safe. Each pass opens the descriptor the next one may use
+      (labelled with the end of the file when it was opened), instead of each append
+      opening its own: two system calls per pass, not four per append.
     - Appends are acknowledged in file order. A failed one cuts the file back to where
       it began, so it fails every append written after it too, and nothing acknowledged
       is ever cut.
@@ -56,14 +63,19 @@ class _Journal:
                 f"the archive {file} is already open in another LocalColdStore (this process or another); "
                 "close that one first, share one store object between sessions, or give each process its own path="
             ) from exc
-        self._closer = weakref.finalize(self, os.close, self._fd)  # a store dropped unclosed releases the lock
+        self._sync_fds: list[list[int]] = []  # [label, fd]: fd opened when the file ended at label, oldest first
+        self._closer = weakref.finalize(self, _close_all, self._fd, self._sync_fds)  # a store dropped unclosed releases the lock
         fsync_dir(file.parent)  # the file itself survives a power cut
-        self._end = os.fstat(self._fd).st_size  # where the last append ends
+        self._end = os.fstat(self._fd).st_size  # where the last queued append ends
+        self._written = self._end  # the file's size: every byte below this is written
         self._synced = self._end  # every byte below this is on disk
-        self._syncing = False  # an fsync is running (one at a time)
+        self._sync_fds.append([self._end, os.dup(self._fd)])  # opened before any append of this store
+        self._syncing = False  # a pass runs, or `_leader` is to run the next one
+        self._passing = False  # the pass runs (its fsync)
+        self._leader: _Ticket | None = None
         self._cuts = 0  # failed appends cut back so far (an fsync across a cut proves nothing)
-        self._cv = threading.Condition()
-        self._flight: list[_Ticket] = []  # written, not yet acknowledged or failed, in file order
+        self._cv = threading.Condition()  # the lock; `close` waits on it for the flight to empty
+        self._flight: deque[_Ticket] = deque()  # written, not yet acknowledged or failed, in file order
         self._closed = False
         self._broken: str | None = None
 
@@ -76,72 +88,124 @@ class _Journal:
             except OSError as exc:
                 raise StoreError(f"cannot cut the torn tail of {self.file}: {exc.strerror or exc}; "
                                  "check the disk and its permissions") from exc
-            self._end = self._synced = size
+            self._end = self._written = self._synced = size
+            for entry in self._sync_fds:
+                entry[0] = min(entry[0], size)
 
     def commit(self, data: bytes, finish: Callable[[bool], None]) -> None:
         """Append `data` durably; then `finish(True)`, called in file order. On failure:
         `finish(False)`, nothing of `data` left in the file, and `StoreError`."""
         ticket = _Ticket(finish)
-        sync_fd, interrupted = -1, None
+        interrupted = None
         try:
-            sync_fd = os.open(self.file, os.O_WRONLY)
             with self._cv:
                 if self._broken or self._closed:
                     ticket.error = StoreError(self._broken or f"the archive {self.file} is closed; open a new store")
                 else:
-                    ticket.start, ticket.fd = self._end, sync_fd
-                    self._write(data)
+                    ticket.start, ticket.data = self._end, data
                     self._end += len(data)
                     ticket.end = self._end
                     self._flight.append(ticket)
             if ticket.error is None:
-                self._sync(ticket)
+                self._wait(ticket)
         except BaseException as exc:  # noqa: BLE001 - a full disk (OSError), or an interrupt: it fails either way
             with self._cv:
                 self._fail(ticket, exc)
             if not isinstance(exc, OSError):
                 interrupted = exc
-        finally:
-            if sync_fd >= 0:
-                os.close(sync_fd)
-        with self._cv:
-            while ticket.error is None and self._flight[0] is not ticket:
-                self._cv.wait()  # an earlier append is still syncing: it may yet fail and cut this one
-            if ticket in self._flight:
-                self._flight.remove(ticket)
-            self._cv.notify_all()
-            ticket.finish(ticket.error is None)
+        if not ticket.acked:
+            with self._cv:  # failed: out of the flight, and the appends before it go on
+                if ticket in self._flight:
+                    self._flight.remove(ticket)
+                try:
+                    ticket.finish(False)
+                finally:
+                    self._advance()
         if interrupted is not None:
             raise interrupted
         if ticket.error is not None:
             raise ticket.error
+        if ticket.finish_error is not None:
+            raise ticket.finish_error
 
-    def _sync(self, ticket: _Ticket) -> None:
-        """Return once `ticket`'s bytes are on disk (or it failed): wait for the fsync that
-        runs, or run the next one, for everything written so far."""
+    def _wait(self, ticket: _Ticket) -> None:
+        """Return once `ticket` is acknowledged or failed: lead the next pass when none
+        runs (or when woken to), else sleep until woken."""
         while True:
             with self._cv:
-                while ticket.error is None and self._synced < ticket.end and self._syncing:
-                    self._cv.wait()
-                if ticket.error is not None or self._synced >= ticket.end:
+                if ticket.acked or ticket.error is not None:
                     return
-                head = next(t for t in self._flight if t.error is None and t.end > self._synced)
-                fd = os.dup(head.fd)  # open while `head` is unsynced: its writer waits for us
-                self._syncing, target, cuts = True, self._end, self._cuts
-            try:
-                os.fsync(fd)
-            except BaseException as exc:
-                with self._cv:
-                    self._syncing = False
-                    self._fail(head, exc)  # head and everything after it; wakes the waiters
-                raise
-            finally:
-                os.close(fd)
+                lead = self._leader is ticket or not self._syncing
+                if lead:
+                    self._syncing, self._leader = True, ticket
+                else:
+                    ticket.wake.clear()  # under the lock: a wake-up after this check is not lost
+            if lead:
+                self._pass()
+            else:
+                ticket.wake.wait()
+
+    def _pass(self) -> None:
+        """Write every queued append, fsync everything written, then acknowledge what it
+        covered. A failed write fails its appends and every one queued after them."""
+        fresh = os.open(self.file, os.O_WRONLY)  # for a later pass: opened before every byte queued after it
+        with self._cv:
+            self._sync_fds.append([self._end, fresh])  # labelled after the open: conservative
+            batch = [t for t in self._flight if t.error is None and not t.written]
+            if batch:
+                try:
+                    self._write(b"".join(t.data for t in batch))
+                except BaseException as exc:
+                    self._syncing, self._leader = False, None
+                    self._fail(batch[0], exc)
+                    raise
+                for t in batch:
+                    t.written, t.data = True, b""
+                self._written = batch[-1].end
+            fd = next(f for label, f in reversed(self._sync_fds) if label <= self._synced)
+            target, cuts = self._written, self._cuts
+            self._passing = True
+        try:
+            os.fsync(fd)
+        except BaseException as exc:
             with self._cv:
-                self._syncing = False
-                if cuts == self._cuts:  # else the bytes it covered may be gone: the next fsync decides
-                    self._synced = max(self._synced, target)
-                self._cv.notify_all()
+                self._syncing, self._leader, self._passing = False, None, False
+                head = next((t for t in self._flight if t.error is None and t.end > self._synced), None)
+                if head is not None:
+                    self._fail(head, exc)  # head and everything after it; wakes them
+            raise
+        with self._cv:
+            self._syncing, self._leader, self._passing = False, None, False
+            if cuts == self._cuts:  # else the bytes it covered may be gone: the next pass decides
+                self._synced = max(self._synced, target)
+                self._retire_fds()
+            self._advance()
+
+    def _advance(self) -> None:
+        """Under the lock: acknowledge the durable appends at the head of the flight, in
+        file order, waking each; then, if appends still wait and no pass runs, wake the
+        oldest to lead the next."""
+        while self._flight and self._flight[0].error is None and self._flight[0].end <= self._synced:
+            done = self._flight.popleft()
+            done.acked = True
+            try:
+                done.finish(True)
+            except BaseException as exc:  # noqa: BLE001 - its bytes are durable; its own writer reports it
+                done.finish_error = exc
+            done.wake.set()
+        if not self._flight:
+            self._cv.notify_all()  # `close` waits for an empty flight
+        elif not self._syncing and self._flight[0].error is None:
+            self._syncing, self._leader = True, self._flight[0]
+            self._leader.wake.set()
+
+    def _retire_fds(self) -> None:
+        """Close the descriptors no pass needs again: those older than the newest opened
+        before every byte not yet durable."""
+        keep = max(k for k, (label, _) in enumerate(self._sync_fds) if label <= self._synced)
+        for _, fd in self._sync_fds[:keep]:
+            os.close(fd)
+        del self._sync_fds[:keep]
 
     def close(self) -> None:
         """Wait for the appends in flight, then close (which releases the lock)."""
@@ -152,16 +216,19 @@ class _Journal:
         self._closer()
 
     def _write(self, data: bytes) -> None:
-        """Append all of `data`; on an error cut back what part of it was written, and raise."""
+        """Append all of `data` (at `_written`); on an error cut back what part of it was
+        written, and raise."""
+        start = self._written
         try:
             view = memoryview(data)
             while view:
                 written = os.write(self._fd, view)
                 if written <= 0:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                self._written += written
                 view = view[written:]
         except BaseException:
-            self._truncate(self._end)
+            self._truncate(start)
             raise
 
     def _fail(self, ticket: _Ticket, exc: BaseException) -> None:
@@ -171,29 +238,37 @@ class _Journal:
             return  # already failed with an earlier append, which cut its bytes
         doomed = [ticket]
         if ticket in self._flight:
-            doomed = self._flight[self._flight.index(ticket):]
+            doomed = list(self._flight)[self._flight.index(ticket):]
             self._truncate(ticket.start)
+        if self._leader in doomed and not self._passing:
+            self._syncing, self._leader = False, None  # it will not lead now: `_advance` picks another
         for t in doomed:
             reason = getattr(exc, "strerror", None) or repr(exc)
             t.error = StoreError(f"cannot append to the archive {self.file}: {reason}; free disk space "
                                  "(or fix the disk) and retry: nothing of this write was kept")
             t.error.__cause__ = exc
-        self._cv.notify_all()
+            t.wake.set()
 
     def _truncate(self, size: int) -> None:
+        """Cut the queue back to `size` (the appends from there on failed), and the file
+        too where it reaches that far."""
         self._cuts += 1
-        try:
-            os.ftruncate(self._fd, size)
-        except OSError as exc:
-            self._broken = (f"the archive {self.file} could not be cut back after a failed write ({exc}), "
-                            "so this store takes no more writes; check the disk, then close the store and "
-                            "open it again (records of the failed write may then reappear, with their own seqs)")
-            return
+        if size < self._written:
+            try:
+                os.ftruncate(self._fd, size)
+            except OSError as exc:
+                self._broken = (f"the archive {self.file} could not be cut back after a failed write ({exc}), "
+                                "so this store takes no more writes; check the disk, then close the store and "
+                                "open it again (records of the failed write may then reappear, with their own seqs)")
+                return
+            self._written = size
+            try:
+                os.fsync(self._fd)  # best effort: the next pass's fsync makes the cut durable anyway
+            except OSError:
+                pass
         self._end = size
-        try:
-            os.fsync(self._fd)  # best effort: the next append's fsync makes the cut durable anyway
-        except OSError:
-            pass
+        for entry in self._sync_fds:  # opened before every byte queued after the cut
+            entry[0] = min(entry[0], size)
 
 
 @dataclass(eq=False, slots=True)
@@ -203,5 +278,16 @@ class _Ticket:
     finish: Callable[[bool], None]
     start: int = 0
     end: int = 0
-    fd: int = -1  # the descriptor its writer opened before writing it, for an fsync
+    data: bytes = b""  # queued, until a pass writes it
+    written: bool = False
+    acked: bool = False  # durable, and `finish(True)` called
     error: BaseException | None = None
+    finish_error: BaseException | None = None  # raised by `finish(True)` in the pass that acknowledged it
+    wake: threading.Event = field(default_factory=threading.Event)  # set when acknowledged, failed, or to lead
+
+
+def _close_all(fd: int, sync_fds: list[list[int]]) -> None:
+    for _, other in sync_fds:
+        os.close(other)
+    sync_fds.clear()
+    os.close(fd)
