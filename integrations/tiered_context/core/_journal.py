@@ -232,8 +232,9 @@ class _Journal:
             raise
 
     def _fail(self, ticket: _Ticket, exc: BaseException) -> None:
-        """`ticket` failed: cut the file back to where it began (if it got that far);
-        it and every append written after it fail. Called under the lock."""
+        """`ticket` failed: cut the queue back to where it began (and the file, if its
+        bytes were written); it and every append queued after it fail, and wake. Called
+        under the lock."""
         if ticket.error is not None:
             return  # already failed with an earlier append, which cut its bytes
         doomed = [ticket]

@@ -9,8 +9,8 @@ memory. Given a `path`, it also keeps ``archive.jsonl``, a journal of one JSON l
 item, and replays it on open. The journal's rules:
 
 - **Acknowledged means on disk.** `add` returns once its lines are written and fsynced.
-  Concurrent writers do not wait for each other's fsync: theirs run together and the
-  filesystem commits them as one (group commit; see `_Journal`).
+  Concurrent writers share both: the lines queued while one write and fsync run go to
+  disk together in the next (group commit; see `_Journal`).
 - **A failed write leaves nothing behind.** On a write or fsync error (a full disk) the
   file is cut back to where it ended, the in-memory index is not touched and `add`
   raises `StoreError`: the record never shows up later, on reopen or otherwise.
