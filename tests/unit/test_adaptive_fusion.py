@@ -148,3 +148,32 @@ def test_a_speaker_the_query_names_gains_on_her_relevant_turns() -> None:
     assert value_of_her_turn(0.5) > 1.1 * value_of_her_turn(0.0)
     with pytest.raises(ConfigError, match="speaker_boost"):
         ScoringConfig(speaker_boost=-1.0)
+
+
+def test_without_speakers_drops_the_names_the_query_uses() -> None:
+    from tiered_context.core._scoring import without_speakers
+
+    people = ["Melanie", "Caroline", "Professor C"]
+    assert without_speakers("What do Melanie's kids like?", people) == "What do kids like?"
+    assert without_speakers("what did melanie and Caroline paint?", people) == "what did and paint?"
+    assert without_speakers("What did C think of the budget?", people) == "What did think of the budget?"
+    assert without_speakers("Where is Sara?", people) == "Where is Sara?"  # names no speaker
+    assert without_speakers("Melanie?", people) == "Melanie?"  # nothing but a name: kept whole
+    # the person addressed stays (the sender greets her the same way in earlier turns)
+    assert without_speakers("Thanks Caroline! How is Melanie?", people) == "Thanks Caroline! How is ?"
+    assert without_speakers("Wow, Melanie, what a day", people) == "Wow, Melanie, what a day"
+
+
+def test_the_dense_side_embeds_the_query_without_the_speakers_it_names() -> None:
+    from tiered_context import TieredContext
+
+    def dense_of(name_free: bool) -> dict[str, float]:
+        ctx = TieredContext(session_id="s", scoring=ScoringConfig(name_free_dense=name_free), compaction="inline")
+        greeting = ctx.put("Hey Melanie! Good to see you, Melanie!", metadata={"speaker": "Caroline"})
+        hers = ctx.put("I love pottery and swimming with the kids.", metadata={"speaker": "Melanie"})
+        scores = ctx.assemble("What activities does Melanie love?", budget=400).report.scores
+        return {"greeting": scores[greeting.id]["dense"], "hers": scores[hers.id]["dense"]}
+
+    named, free = dense_of(False), dense_of(True)
+    assert free["hers"] - free["greeting"] > named["hers"] - named["greeting"]
+    assert free["greeting"] < named["greeting"]

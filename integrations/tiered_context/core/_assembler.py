@@ -27,7 +27,8 @@ from tiered_context.core._validate import check_reserved, check_text
 from tiered_context.core._packing import Packer, _Unit, _Units
 from tiered_context.core._render import line
 from tiered_context.core._result import AssembledContext
-from tiered_context.core._scoring import Scorer, ScoreParts, neighbour_shares, speakers_named, time_window
+from tiered_context.core._scoring import (Scorer, ScoreParts, neighbour_shares, speakers_named, time_window,
+                                           without_speakers)
 from tiered_context.core._store import ColdStore, SignalStats
 from tiered_context.core._tokens import TokenCounter
 from tiered_context.errors import ConfigError, InputError
@@ -135,7 +136,7 @@ class ContextAssembler(Packer):
         if not isinstance(query, str):
             raise InputError(f"query must be str, got {type(query).__name__}")
         check_text(query, "query")  # a lone surrogate would break the embedder with a raw TypeError
-        vector = normalize(self.embedder.embed([query]))[0] if query.strip() else None
+        vector = normalize(self.embedder.embed([self._dense_text(query, working_set)]))[0] if query.strip() else None
         q = _Query(store=store or self.store, tenant=tenant, text=query, vector=vector, latest_seq=latest_seq,
                    user=user, asked_at=asked_at)
         units, stats = self._candidates(q, working_set, budget)
@@ -175,6 +176,15 @@ class ContextAssembler(Packer):
             self._forms.clear()
         self._line_cost.clear()
         self._header_cost.clear()
+
+    def _dense_text(self, query: str, working_set: Sequence[ContextItem]) -> str:
+        """What the dense side embeds: the query without the names of the speakers it names
+        (`without_speakers`; `ScoringConfig.name_free_dense`), the speakers being those of
+        the working set: the people of the conversation at hand."""
+        if not self.scorer.config.name_free_dense:
+            return query
+        speakers = {w for i in working_set if (w := _who(i)) is not None}
+        return without_speakers(query, speakers) if speakers else query
 
     # -- intake: one guard per item --------------------------------------------------
     def _admit(self, units: _Units, *items: ContextItem | None) -> bool:
