@@ -130,6 +130,9 @@ def test_speakers_named_by_a_word_no_other_speaker_shares() -> None:
     assert speakers_named("Where has melanie camped?", people) == {"Melanie"}
     assert speakers_named("a grad asked a question", people) == set()  # a shared word; the article "a"
     assert speakers_named("What did Ana say?", ["Ana\x00Lee", "Bo"]) == {"Ana\x00Lee"}  # any characters
+    # the person addressed is not the one asked about: "Thanks Maria!" names nobody
+    assert speakers_named("Thanks Melanie! I finally painted the lake.", people) == set()
+    assert speakers_named("Hey melanie! what did Melanie paint?", people) == {"Melanie"}
 
 
 def test_a_speaker_the_query_names_gains_on_her_relevant_turns() -> None:
@@ -177,3 +180,28 @@ def test_the_dense_side_embeds_the_query_without_the_speakers_it_names() -> None
     named, free = dense_of(False), dense_of(True)
     assert free["hers"] - free["greeting"] > named["hers"] - named["greeting"]
     assert free["greeting"] < named["greeting"]
+
+
+def test_a_turn_the_named_speaker_said_beside_any_hit_gains() -> None:
+    from tiered_context import TieredContext
+
+    def ratio(boost: float, hit_by: str, beside_by: str, spreads: bool = True) -> float:
+        """value of the turn beside the hit / value of the hit."""
+        scoring = ScoringConfig(speaker_boost=boost, speaker_gain_spreads=spreads)
+        ctx = TieredContext(session_id="s", scoring=scoring, compaction="inline")
+        for k in range(20):
+            ctx.put(f"Unrelated chat number {k} about the weather.", metadata={"speaker": "Ana"})
+        hit = ctx.put("What did you paint at the lake by the old mill?", metadata={"speaker": hit_by})
+        beside = ctx.put("Oh, just a quiet sunrise over the water.", metadata={"speaker": beside_by})
+        for k in range(20):
+            ctx.put(f"More unrelated talk number {k} about groceries.", metadata={"speaker": "Ana"})
+        scores = ctx.assemble("What did Melanie paint at the lake by the old mill?", budget=400).report.scores
+        return scores[beside.id]["value"] / scores[hit.id]["value"]
+
+    # her reply beside the other speaker's hit gains, whether or not the gain spreads
+    assert ratio(0.5, "Caroline", "Melanie") == pytest.approx(1.5 * ratio(0.0, "Caroline", "Melanie"), rel=0.02)
+    assert ratio(0.5, "Caroline", "Melanie", spreads=False) == pytest.approx(ratio(0.5, "Caroline", "Melanie"), rel=0.02)
+    # the other speaker's turn beside her hit: her gain spreads to it by default, else not
+    assert ratio(0.5, "Melanie", "Caroline") == pytest.approx(ratio(0.0, "Melanie", "Caroline"), rel=0.02)
+    assert ratio(0.5, "Melanie", "Caroline", spreads=False) == pytest.approx(ratio(0.0, "Melanie", "Caroline") / 1.5,
+                                                                             rel=0.02)
