@@ -280,6 +280,10 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "tiered:no-time": _ablation("tiered:no-time", scoring={"time_match_boost": 0.0}),
     # a speaker the query names ("What did Melanie paint?") gets no extra weight
     "tiered:no-speaker": _ablation("tiered:no-speaker", scoring={"speaker_boost": 0.0}),
+    # the dense side embeds the query as it is, with the names of the speakers it names
+    "tiered:named-dense": _ablation("tiered:named-dense", scoring={"name_free_dense": False}),
+    # the gain of a speaker the query names stays with her own turns (not the turns beside her hits)
+    "tiered:speaker-own-turns": _ablation("tiered:speaker-own-turns", scoring={"speaker_gain_spreads": False}),
     "tiered:no-neighbours": _ablation("tiered:no-neighbours", scoring={"neighbour_decay": 0.0}),
     # neighbour distance counted in turns (three either side), not in content
     "tiered:turn-neighbours": _ablation("tiered:turn-neighbours",

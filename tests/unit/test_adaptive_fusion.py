@@ -130,6 +130,9 @@ def test_speakers_named_by_a_word_no_other_speaker_shares() -> None:
     assert speakers_named("Where has melanie camped?", people) == {"Melanie"}
     assert speakers_named("a grad asked a question", people) == set()  # a shared word; the article "a"
     assert speakers_named("What did Ana say?", ["Ana\x00Lee", "Bo"]) == {"Ana\x00Lee"}  # any characters
+    # the person addressed is not the one asked about: "Thanks Maria!" names nobody
+    assert speakers_named("Thanks Melanie! I finally painted the lake.", people) == set()
+    assert speakers_named("Hey melanie! what did Melanie paint?", people) == {"Melanie"}
 
 
 def test_a_speaker_the_query_names_gains_on_her_relevant_turns() -> None:
@@ -148,3 +151,57 @@ def test_a_speaker_the_query_names_gains_on_her_relevant_turns() -> None:
     assert value_of_her_turn(0.5) > 1.1 * value_of_her_turn(0.0)
     with pytest.raises(ConfigError, match="speaker_boost"):
         ScoringConfig(speaker_boost=-1.0)
+
+
+def test_without_speakers_drops_the_names_the_query_uses() -> None:
+    from tiered_context.core._scoring import without_speakers
+
+    people = ["Melanie", "Caroline", "Professor C"]
+    assert without_speakers("What do Melanie's kids like?", people) == "What do kids like?"
+    assert without_speakers("what did melanie and Caroline paint?", people) == "what did and paint?"
+    assert without_speakers("What did C think of the budget?", people) == "What did think of the budget?"
+    assert without_speakers("Where is Sara?", people) == "Where is Sara?"  # names no speaker
+    assert without_speakers("Melanie?", people) == "Melanie?"  # nothing but a name: kept whole
+    # the person addressed stays (the sender greets her the same way in earlier turns)
+    assert without_speakers("Thanks Caroline! How is Melanie?", people) == "Thanks Caroline! How is ?"
+    assert without_speakers("Wow, Melanie, what a day", people) == "Wow, Melanie, what a day"
+
+
+def test_the_dense_side_embeds_the_query_without_the_speakers_it_names() -> None:
+    from tiered_context import TieredContext
+
+    def dense_of(name_free: bool) -> dict[str, float]:
+        ctx = TieredContext(session_id="s", scoring=ScoringConfig(name_free_dense=name_free), compaction="inline")
+        greeting = ctx.put("Hey Melanie! Good to see you, Melanie!", metadata={"speaker": "Caroline"})
+        hers = ctx.put("I love pottery and swimming with the kids.", metadata={"speaker": "Melanie"})
+        scores = ctx.assemble("What activities does Melanie love?", budget=400).report.scores
+        return {"greeting": scores[greeting.id]["dense"], "hers": scores[hers.id]["dense"]}
+
+    named, free = dense_of(False), dense_of(True)
+    assert free["hers"] - free["greeting"] > named["hers"] - named["greeting"]
+    assert free["greeting"] < named["greeting"]
+
+
+def test_a_turn_the_named_speaker_said_beside_any_hit_gains() -> None:
+    from tiered_context import TieredContext
+
+    def ratio(boost: float, hit_by: str, beside_by: str, spreads: bool = True) -> float:
+        """value of the turn beside the hit / value of the hit."""
+        scoring = ScoringConfig(speaker_boost=boost, speaker_gain_spreads=spreads)
+        ctx = TieredContext(session_id="s", scoring=scoring, compaction="inline")
+        for k in range(20):
+            ctx.put(f"Unrelated chat number {k} about the weather.", metadata={"speaker": "Ana"})
+        hit = ctx.put("What did you paint at the lake by the old mill?", metadata={"speaker": hit_by})
+        beside = ctx.put("Oh, just a quiet sunrise over the water.", metadata={"speaker": beside_by})
+        for k in range(20):
+            ctx.put(f"More unrelated talk number {k} about groceries.", metadata={"speaker": "Ana"})
+        scores = ctx.assemble("What did Melanie paint at the lake by the old mill?", budget=400).report.scores
+        return scores[beside.id]["value"] / scores[hit.id]["value"]
+
+    # her reply beside the other speaker's hit gains, whether or not the gain spreads
+    assert ratio(0.5, "Caroline", "Melanie") == pytest.approx(1.5 * ratio(0.0, "Caroline", "Melanie"), rel=0.02)
+    assert ratio(0.5, "Caroline", "Melanie", spreads=False) == pytest.approx(ratio(0.5, "Caroline", "Melanie"), rel=0.02)
+    # the other speaker's turn beside her hit: her gain spreads to it by default, else not
+    assert ratio(0.5, "Melanie", "Caroline") == pytest.approx(ratio(0.0, "Melanie", "Caroline"), rel=0.02)
+    assert ratio(0.5, "Melanie", "Caroline", spreads=False) == pytest.approx(ratio(0.0, "Melanie", "Caroline") / 1.5,
+                                                                             rel=0.02)

@@ -27,7 +27,8 @@ from tiered_context.core._validate import check_reserved, check_text
 from tiered_context.core._packing import Packer, _Unit, _Units
 from tiered_context.core._render import line
 from tiered_context.core._result import AssembledContext
-from tiered_context.core._scoring import Scorer, ScoreParts, neighbour_shares, speakers_named, time_window
+from tiered_context.core._scoring import (Scorer, ScoreParts, neighbour_shares, speakers_named, time_window,
+                                           without_speakers)
 from tiered_context.core._store import ColdStore, SignalStats
 from tiered_context.core._tokens import TokenCounter
 from tiered_context.errors import ConfigError, InputError
@@ -69,6 +70,7 @@ class _Query:
     user: str | None
     asked_at: float | None
     stats: SignalStats | None = None
+    named: frozenset[str] = frozenset()  # the speakers the query names (`speakers_named`)
 
 
 class ContextAssembler(Packer):
@@ -135,11 +137,11 @@ class ContextAssembler(Packer):
         if not isinstance(query, str):
             raise InputError(f"query must be str, got {type(query).__name__}")
         check_text(query, "query")  # a lone surrogate would break the embedder with a raw TypeError
-        vector = normalize(self.embedder.embed([query]))[0] if query.strip() else None
+        vector = normalize(self.embedder.embed([self._dense_text(query, working_set)]))[0] if query.strip() else None
         q = _Query(store=store or self.store, tenant=tenant, text=query, vector=vector, latest_seq=latest_seq,
                    user=user, asked_at=asked_at)
         units, stats = self._candidates(q, working_set, budget)
-        q = replace(q, stats=stats)
+        q = replace(q, stats=stats, named=self._named(q, units))
         self._score(q, units)
         self._expand_neighbours(q, units)
         self._link_tool_calls(q, units)
@@ -175,6 +177,15 @@ class ContextAssembler(Packer):
             self._forms.clear()
         self._line_cost.clear()
         self._header_cost.clear()
+
+    def _dense_text(self, query: str, working_set: Sequence[ContextItem]) -> str:
+        """What the dense side embeds: the query without the names of the speakers it names
+        (`without_speakers`; `ScoringConfig.name_free_dense`), the speakers being those of
+        the working set: the people of the conversation at hand."""
+        if not self.scorer.config.name_free_dense:
+            return query
+        speakers = {w for i in working_set if (w := _who(i)) is not None}
+        return without_speakers(query, speakers) if speakers else query
 
     # -- intake: one guard per item --------------------------------------------------
     def _admit(self, units: _Units, *items: ContextItem | None) -> bool:
@@ -245,12 +256,10 @@ class ContextAssembler(Packer):
             units[i].parts, units[i].value = p, p.total
         # the query names a speaker ("What did Melanie paint?", "What did C think about X?"):
         # relevant items that speaker said gain (her own turns rarely contain her name)
-        boost = self.scorer.config.speaker_boost
-        who = {i: w for i in ids if (w := _who(units[i].origin)) is not None} if boost else {}
-        named = speakers_named(q.text, set(who.values())) if who else set()
-        for i, w in who.items():
-            if w in named and units[i].parts.relevance > 0:
-                units[i].value *= 1.0 + boost
+        if q.named:
+            for i in ids:
+                if units[i].parts.relevance > 0:
+                    units[i].value *= self._speaker_gain(q, units[i].origin)
         # a relative date in the query ("two weeks ago", "last Saturday"), seen from when the
         # query is asked (only when the caller says so): relevant items from that span gain
         boost = self.scorer.config.time_match_boost
@@ -260,6 +269,17 @@ class ContextAssembler(Packer):
                 u = units[i]
                 if window[0] <= u.origin.timestamp <= window[1] and u.parts.relevance > 0:
                     u.value *= 1.0 + boost
+
+    def _named(self, q: _Query, units: dict[str, _Unit]) -> frozenset[str]:
+        """The speakers of the candidates that the query names (none when `speaker_boost` is 0)."""
+        if not self.scorer.config.speaker_boost:
+            return frozenset()
+        speakers = {w for u in units.values() if (w := _who(u.origin)) is not None}
+        return frozenset(speakers_named(q.text, speakers)) if speakers else frozenset()
+
+    def _speaker_gain(self, q: _Query, item: ContextItem) -> float:
+        """``1 + speaker_boost`` for an item said by a speaker the query names, else 1."""
+        return 1.0 + self.scorer.config.speaker_boost if q.named and _who(item) in q.named else 1.0
 
     def _expand_neighbours(self, q: _Query, units: dict[str, _Unit], top: int = NEIGHBOUR_SOURCES) -> None:
         """Turns near a strong hit inherit part of its value (`neighbour_shares`): evidence
@@ -279,8 +299,20 @@ class ContextAssembler(Packer):
         wanted = {u.origin.seq + d for u in best for d in range(-turns, turns + 1)} - by_seq.keys()
         near = dict(by_seq)
         near.update((i.seq, i) for i in q.store.get_by_seq(q.tenant, sorted(s for s in wanted if s >= 0)))
-        inherit = neighbour_shares([(u.origin.seq, u.value) for u in best], near, decay=decay, reach=reach,
-                                   unit=unit, turns=turns)
+        # a hit lends its value without the speaker gain, and the turn beside it gets the
+        # gain of whoever said it (her reply beside the other speaker's hit) or, when the
+        # gain spreads (`ScoringConfig.speaker_gain_spreads`), the hit's (a region around hers)
+        spreads = cfg.speaker_gain_spreads
+        inherit: dict[int, float] = {}
+        for u in best:
+            gain = self._speaker_gain(q, u.origin)
+            one = neighbour_shares([(u.origin.seq, u.value / gain)], near, decay=decay, reach=reach, unit=unit,
+                                   turns=turns)
+            for seq, share in one.items():
+                own = self._speaker_gain(q, near[seq])
+                share *= max(gain, own) if spreads else own
+                if share > inherit.get(seq, 0.0):
+                    inherit[seq] = share
         fresh = [near[s] for s in sorted(inherit)
                  if s not in by_seq and near[s].id not in units and self._admit(units, near[s])]
         for item in fresh:
