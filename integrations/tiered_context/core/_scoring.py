@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from tiered_context.core._lexical import STOPWORDS, terms
+from tiered_context.core._lexical import terms
+from tiered_context.core._speakers import speakers_named, without_speakers
 from tiered_context.core._store import SignalStats
 from tiered_context.errors import ConfigError
 
@@ -193,80 +194,6 @@ def time_window(query: str, now: float) -> tuple[float, float] | None:
         return start - _DAY / 2, start + 2.5 * _DAY
     unit = _UNITS[word]
     return now - 1.5 * unit, now - 0.5 * unit + _DAY
-
-
-_NAME_WORD = re.compile(r"[^\W_]+")
-
-
-#: A name set off by "," or "!" right after it: the person addressed ("Thanks Maria!").
-_ADDRESSED = re.compile(r"[^\W_]+(?=(?:['’]s)?\s*[,!])")
-
-
-def _naming_words(query: str, speakers: Iterable[str]) -> dict[str, str]:
-    """The words of `query` that name one of `speakers` (see `speakers_named`): each
-    written word that names someone -> whom it names. A word only ever written as the
-    person addressed ("Thanks Maria!", "Hey Caroline, ...") names nobody: the query is
-    not about her (a chat message's sender talks to her, and his own turns are the ones
-    it needs)."""
-    addressed = set(_ADDRESSED.findall(query))
-    written = set(_NAME_WORD.findall(_ADDRESSED.sub(" ", query))) if addressed else set(_NAME_WORD.findall(query))
-    folded = {w.casefold() for w in written if len(w) >= 3}
-    owners: dict[str, set[str]] = {}
-    for name in set(speakers):
-        for word in set(_NAME_WORD.findall(name)):
-            owners.setdefault(word, set()).add(name)
-    out: dict[str, str] = {}
-    for word, who in owners.items():
-        if len(who) != 1:
-            continue
-        if len(word) >= 3:
-            if word.casefold() in folded and word.casefold() not in STOPWORDS:
-                out.update((w, *who) for w in written if w.casefold() == word.casefold())
-        elif word.isupper() and word in written:
-            out[word] = next(iter(who))
-    return out
-
-
-def speakers_named(query: str, speakers: Iterable[str]) -> set[str]:
-    """The `speakers` that `query` names, by a word of the name no other speaker shares.
-
-    A word of three or more letters matches in any case unless it is a stop word
-    ("Melanie", "professor"); a shorter one only as written in capitals, so "What did C
-    think" names "Professor C" while the article "a" never names "Grad A".
-
-    >>> sorted(speakers_named("What did C think of it?", ["Professor C", "Grad A"]))
-    ['Professor C']
-    >>> speakers_named("a question for the grads", ["Grad A", "Grad B"])
-    set()
-    """
-    return set(_naming_words(query, speakers).values())
-
-
-def without_speakers(query: str, speakers: Iterable[str]) -> str:
-    """`query` without the words that name one of `speakers` (and their possessive "'s").
-
-    What the dense side embeds: in a static embedding a name weighs as much as every other
-    word of a short question, and a speaker's own turns rarely contain her name, so "What
-    does Melanie like to do?" embedded whole lands nearest the turns that greet Melanie,
-    not the ones where she says what she likes. (The speaker is weighed apart:
-    `ScoringConfig.speaker_boost`.) Returns `query` unchanged when it names nobody or is
-    nothing but names. A name set off by "," or "!" is the person addressed ("Thanks
-    Maria!", "Hey Caroline, how was it?"), not the subject, and stays: the sender's own
-    earlier turns greet her the same way (stripped too, 3 of the 129 conversational
-    queries lost their evidence at 2k and none gained).
-
-    >>> without_speakers("What did Melanie's kids like?", ["Melanie", "Caroline"])
-    'What did kids like?'
-    >>> without_speakers("Thanks Melanie! What did you paint?", ["Melanie", "Caroline"])
-    'Thanks Melanie! What did you paint?'
-    """
-    words = _naming_words(query, speakers)
-    if not words:
-        return query
-    names = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-    pattern = r"\b(?:" + names + r")(?:['’]s)?\b(?!\s*[,!])\s*"
-    stripped = re.sub(pattern, "", query).strip()
-    return stripped if _NAME_WORD.search(stripped) else query
 
 
 @dataclass(frozen=True, slots=True)
