@@ -282,8 +282,10 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "tiered:no-speaker": _ablation("tiered:no-speaker", scoring={"speaker_boost": 0.0}),
     # the dense side embeds the query as it is, with the names of the speakers it names
     "tiered:named-dense": _ablation("tiered:named-dense", scoring={"name_free_dense": False}),
-    # the gain of a speaker the query names stays with her own turns (not the turns beside her hits)
+    # the gain of a speaker the query names stays with her own turns / always spreads to the
+    # turns beside her hits (default: spreads as far as the turns are shorter than a step)
     "tiered:speaker-own-turns": _ablation("tiered:speaker-own-turns", scoring={"speaker_gain_spreads": False}),
+    "tiered:speaker-gain-spreads": _ablation("tiered:speaker-gain-spreads", scoring={"speaker_gain_spreads": True}),
     "tiered:no-neighbours": _ablation("tiered:no-neighbours", scoring={"neighbour_decay": 0.0}),
     # neighbour distance counted in turns (three either side), not in content
     "tiered:turn-neighbours": _ablation("tiered:turn-neighbours",

@@ -185,23 +185,31 @@ def test_the_dense_side_embeds_the_query_without_the_speakers_it_names() -> None
 def test_a_turn_the_named_speaker_said_beside_any_hit_gains() -> None:
     from tiered_context import TieredContext
 
-    def ratio(boost: float, hit_by: str, beside_by: str, spreads: bool = True) -> float:
-        """value of the turn beside the hit / value of the hit."""
+    def ratio(boost: float, hit_by: str, beside_by: str, spreads: bool | None = None, chat: bool = False) -> float:
+        """value of the turn beside the hit / value of the hit; `chat`: turns of a chat
+        message's length (a step each), else a transcript's short utterances."""
+        tail = " It was a long day, and we talked about it for a good while afterwards over dinner." * 2 if chat else ""
         scoring = ScoringConfig(speaker_boost=boost, speaker_gain_spreads=spreads)
         ctx = TieredContext(session_id="s", scoring=scoring, compaction="inline")
         for k in range(20):
-            ctx.put(f"Unrelated chat number {k} about the weather.", metadata={"speaker": "Ana"})
-        hit = ctx.put("What did you paint at the lake by the old mill?", metadata={"speaker": hit_by})
-        beside = ctx.put("Oh, just a quiet sunrise over the water.", metadata={"speaker": beside_by})
+            ctx.put(f"Unrelated chat number {k} about the weather.{tail}", metadata={"speaker": "Ana"})
+        hit = ctx.put(f"What did you paint at the lake by the old mill?{tail}", metadata={"speaker": hit_by})
+        beside = ctx.put(f"Oh, just a quiet sunrise over the water.{tail}", metadata={"speaker": beside_by})
         for k in range(20):
-            ctx.put(f"More unrelated talk number {k} about groceries.", metadata={"speaker": "Ana"})
-        scores = ctx.assemble("What did Melanie paint at the lake by the old mill?", budget=400).report.scores
+            ctx.put(f"More unrelated talk number {k} about groceries.{tail}", metadata={"speaker": "Ana"})
+        scores = ctx.assemble("What did Melanie paint at the lake by the old mill?", budget=4000).report.scores
         return scores[beside.id]["value"] / scores[hit.id]["value"]
 
     # her reply beside the other speaker's hit gains, whether or not the gain spreads
     assert ratio(0.5, "Caroline", "Melanie") == pytest.approx(1.5 * ratio(0.0, "Caroline", "Melanie"), rel=0.02)
     assert ratio(0.5, "Caroline", "Melanie", spreads=False) == pytest.approx(ratio(0.5, "Caroline", "Melanie"), rel=0.02)
-    # the other speaker's turn beside her hit: her gain spreads to it by default, else not
-    assert ratio(0.5, "Melanie", "Caroline") == pytest.approx(ratio(0.0, "Melanie", "Caroline"), rel=0.02)
+    # the other speaker's turn beside her hit: her gain spreads to it when forced, never when off
+    assert ratio(0.5, "Melanie", "Caroline", spreads=True) == pytest.approx(ratio(0.0, "Melanie", "Caroline"), rel=0.02)
     assert ratio(0.5, "Melanie", "Caroline", spreads=False) == pytest.approx(ratio(0.0, "Melanie", "Caroline") / 1.5,
                                                                              rel=0.02)
+    # by default, as far as the turns are shorter than a step: a transcript's region around
+    # her utterance is hers, a chat message beside hers is its sender's
+    assert ratio(0.5, "Melanie", "Caroline") == pytest.approx(ratio(0.5, "Melanie", "Caroline", spreads=True), rel=0.02)
+    assert ratio(0.5, "Melanie", "Caroline", chat=True) == pytest.approx(
+        ratio(0.5, "Melanie", "Caroline", spreads=False, chat=True), rel=0.02)
+    assert ratio(0.5, "Melanie", "Caroline", chat=True) < ratio(0.5, "Melanie", "Caroline", spreads=True, chat=True) / 1.4

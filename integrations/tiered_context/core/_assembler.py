@@ -27,7 +27,7 @@ from tiered_context.core._validate import check_reserved, check_text
 from tiered_context.core._packing import Packer, _Unit, _Units
 from tiered_context.core._render import line
 from tiered_context.core._result import AssembledContext
-from tiered_context.core._scoring import Scorer, ScoreParts, neighbour_shares, time_window
+from tiered_context.core._scoring import Scorer, ScoreParts, neighbour_shares, time_window, turn_step
 from tiered_context.core._speakers import speakers_named, without_speakers
 from tiered_context.core._store import ColdStore, SignalStats
 from tiered_context.core._tokens import TokenCounter
@@ -299,18 +299,21 @@ class ContextAssembler(Packer):
         wanted = {u.origin.seq + d for u in best for d in range(-turns, turns + 1)} - by_seq.keys()
         near = dict(by_seq)
         near.update((i.seq, i) for i in q.store.get_by_seq(q.tenant, sorted(s for s in wanted if s >= 0)))
-        # a hit lends its value without the speaker gain, and the turn beside it gets the
-        # gain of whoever said it (her reply beside the other speaker's hit) or, when the
-        # gain spreads (`ScoringConfig.speaker_gain_spreads`), the hit's (a region around hers)
+        # A hit lends its value without the speaker gain; the turn beside it gets the gain
+        # of whoever said it (her reply beside the other speaker's hit) and, as far as the
+        # hit's turns are shorter than a step, the hit's: a transcript's region around what
+        # she said is hers, a chat message is its sender's (`ScoringConfig.speaker_gain_spreads`).
         spreads = cfg.speaker_gain_spreads
         inherit: dict[int, float] = {}
         for u in best:
             gain = self._speaker_gain(q, u.origin)
             one = neighbour_shares([(u.origin.seq, u.value / gain)], near, decay=decay, reach=reach, unit=unit,
                                    turns=turns)
+            region = float(spreads) if spreads is not None else (
+                0.0 if gain == 1.0 else min(1.0, 2.0 * (1.0 - turn_step(u.origin.seq, near, unit=unit, turns=turns))))
             for seq, share in one.items():
                 own = self._speaker_gain(q, near[seq])
-                share *= max(gain, own) if spreads else own
+                share *= own + (max(gain, own) - own) * region
                 if share > inherit.get(seq, 0.0):
                     inherit[seq] = share
         fresh = [near[s] for s in sorted(inherit)

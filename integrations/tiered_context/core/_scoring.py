@@ -32,7 +32,7 @@ from tiered_context.core._speakers import speakers_named, without_speakers
 from tiered_context.core._store import SignalStats
 from tiered_context.errors import ConfigError
 
-__all__ = ["ScoringConfig", "ScoreParts", "Scorer", "PreferenceModel", "neighbour_shares", "query_share", "speakers_named",
+__all__ = ["ScoringConfig", "ScoreParts", "Scorer", "PreferenceModel", "neighbour_shares", "query_share", "turn_step", "speakers_named",
            "time_window", "without_speakers"]
 
 
@@ -59,11 +59,14 @@ class ScoringConfig:
     relevant items are worth ``1 + speaker_boost`` times their value: her own turns rarely
     contain her name, so lexical relevance alone finds the turns that address her instead.
     (LoCoMo dev at 1k / 2k: 0.821 / 0.889 without, 0.833 / 0.898 with 0.5.) A turn she
-    said beside a strong hit of anyone's gains it too, not only the turns beside her own
-    hits (LoCoMo dev 1k / 2k 0.845 / 0.907 -> 0.853 / 0.910). With
-    ``speaker_gain_spreads=False`` the gain stays with her own turns: the other speaker's
-    turns beside her hits inherit without it (LoCoMo 0.866 / 0.918, but QMSum train 0.523 /
-    0.680 -> 0.514 / 0.675: a meeting's evidence is the region around what she said).
+    said beside a strong hit of anyone's gains it too. Whether the turns beside her own
+    hits gain it follows the same content distance as the neighbourhood below
+    (``speaker_gain_spreads=None``): a transcript's region around what she said is hers
+    (fully where the turns are under half a step), a chat message beside hers is its
+    sender's (none at a whole step). ``True`` always spreads it, ``False`` never. LoCoMo
+    dev 1k / 2k: always 0.853 / 0.910, by distance 0.864 / 0.918 (multi-hop 0.747 -> 0.771
+    at 2k); QMSum train 0.523 / 0.680 always, 0.514 / 0.675 never, 0.522 / 0.680 by
+    distance (rows `tiered:speaker-gain-spreads`, `tiered:speaker-own-turns`).
     With `name_free_dense` (default) the dense side embeds the query without the names of
     the speakers it names (`without_speakers`): in the default static embedder a name
     weighs as much as any other word of a short question and pulled the vector toward the
@@ -88,7 +91,7 @@ class ScoringConfig:
     time_match_boost: float = 1.0
     speaker_boost: float = 0.5
     name_free_dense: bool = True
-    speaker_gain_spreads: bool = True
+    speaker_gain_spreads: bool | None = None
     half_life_items: float = 100.0
     neighbour_decay: float = 0.7
     neighbour_window: float = 4
@@ -299,6 +302,16 @@ class Scorer:
         ]
 
 
+def turn_step(seq: int, near: Mapping[int, Any], *, unit: int | None, turns: int) -> float:
+    """How far one turn around `seq` reaches, in turns of content (at most 1): the median
+    length of the turns within `turns` of it, in `unit` tokens. A chat message is a step
+    (1.0); a transcript's short utterances are a fraction of one. `unit` None: 1.0."""
+    if not unit:
+        return 1.0
+    around = [near[s].tokens or 1 for s in range(seq - turns, seq + turns + 1) if s in near]
+    return min(1.0, statistics.median(around) / unit) if around else 1.0
+
+
 def neighbour_shares(hits: Iterable[tuple[int, float]], near: Mapping[int, Any], *, decay: float, reach: float,
                      unit: int | None, turns: int) -> dict[int, float]:
     """The largest share of a strong hit's value each turn around it inherits, by seq.
@@ -312,10 +325,7 @@ def neighbour_shares(hits: Iterable[tuple[int, float]], near: Mapping[int, Any],
     """
     inherit: dict[int, float] = {}
     for seq, value in hits:
-        step_cost = 1.0
-        if unit:
-            around = [near[s].tokens or 1 for s in range(seq - turns, seq + turns + 1) if s in near]
-            step_cost = min(1.0, statistics.median(around) / unit)
+        step_cost = turn_step(seq, near, unit=unit, turns=turns)
         for step in (-1, 1):
             for d in range(1, turns + 1):
                 item = near.get(seq + step * d)
