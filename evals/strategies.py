@@ -276,7 +276,7 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "tiered:dense-only": _ablation("tiered:dense-only", scoring={"bm25_share": 0.0}),
     # the fusion's BM25 share fixed at 0.5 for every query (no shrinking for chat messages)
     "tiered:fixed-fusion": _ablation("tiered:fixed-fusion", scoring={"adaptive_fusion": False}),
-    # relevant items from the span a relative date in the query names ("two weeks ago") count double
+    # relevant items from the span a date in the query names ("on 7 July, 2023", "two weeks ago") count double
     "tiered:no-time": _ablation("tiered:no-time", scoring={"time_match_boost": 0.0}),
     # a speaker the query names ("What did Melanie paint?") gets no extra weight
     "tiered:no-speaker": _ablation("tiered:no-speaker", scoring={"speaker_boost": 0.0}),

@@ -78,7 +78,7 @@ def test_conversational_queries_are_later_evidence_without_shared_terms() -> Non
 def test_time_window_reads_relative_dates() -> None:
     from datetime import datetime, timezone
 
-    from tiered_context.core._scoring import time_window
+    from tiered_context.core._dates import time_window
 
     now = datetime(2023, 5, 30, 23, 42, tzinfo=timezone.utc).timestamp()  # a Tuesday
     day = 86400.0
@@ -95,6 +95,64 @@ def test_time_window_reads_relative_dates() -> None:
     assert time_window("When is the Lisbon launch?", now) is None
     start, end = time_window("3 days ago", now)
     assert start < now - 3 * day < end
+
+
+def test_time_window_reads_absolute_dates() -> None:
+    from datetime import datetime, timezone
+
+    from tiered_context.core._dates import time_window
+
+    def day(y: int, m: int, d: int) -> float:
+        return datetime(y, m, d, 12, 0, tzinfo=timezone.utc).timestamp()
+
+    def inside(query: str, when: float, now: float | None = None) -> bool:
+        window = time_window(query, now)
+        assert window is not None, query
+        return window[0] <= when <= window[1]
+
+    # a whole date needs no `now`: the day before to two days after
+    for query in ("What did she paint on 13 October, 2023?", "on October 13, 2023", "Oct. 13th 2023",
+                  "the 13th of October 2023", "on 2023-10-13", "December 1,2023 and October 13 2023"):
+        assert inside(query, day(2023, 10, 13)), query
+    assert not inside("What did she paint on 13 October, 2023?", day(2023, 10, 20))
+    # a month runs a week past its end (told of afterwards)
+    assert inside("What did Joanna finish in January 2022?", day(2022, 2, 5))
+    assert not inside("What did Joanna finish in January 2022?", day(2022, 2, 12))
+    assert inside("What did John organize in 2024?", day(2024, 6, 1))
+    # no year: the latest one before `now`, and nothing without `now`
+    now = day(2023, 7, 20)
+    assert inside("When did Melanie go camping in June?", day(2023, 6, 15), now)
+    assert not inside("When did Melanie go camping in June?", day(2022, 6, 15), now)
+    assert inside("What did they give him on Aug 15th?", day(2022, 8, 15), now)
+    assert time_window("When did Melanie go camping in June?", None) is None
+    # "may" is a verb; a number that is no date names nothing
+    assert time_window("May I ask what you may have meant?", now) is None
+    assert time_window("On 31 February, 2023 I ...", None) is None
+    assert time_window("I have 2023 photos", None) is None
+
+
+def test_an_absolute_date_prefers_items_from_then_without_asked_at() -> None:
+    from datetime import datetime, timezone
+
+    from tiered_context import TieredContext
+    from tiered_context.testing import HashEmbedder
+
+    then = datetime(2023, 10, 13, 15, 0, tzinfo=timezone.utc).timestamp()
+
+    def values(boost: float) -> dict[str, float]:
+        ctx = TieredContext(session_id="t", embedder=HashEmbedder(), compaction="inline",
+                            scoring=ScoringConfig(recency_weight=0.0, time_match_boost=boost))
+        ctx.put("I painted a lake at sunrise.", timestamp=then - 90 * 86400, id="before")
+        ctx.put("I painted a lake at sunrise.", timestamp=then, id="then")
+        ctx.put("I painted a lake at sunrise.", timestamp=then + 90 * 86400, id="after")
+        for i in range(20):
+            ctx.put(f"Filler note {i} about groceries and plans.", timestamp=then + (100 + i) * 86400)
+        scores = ctx.assemble("What did I paint on 13 October, 2023?", budget=1000).report.scores
+        return {k: scores[k]["value"] for k in ("before", "then", "after")}
+
+    off, on = values(0.0), values(1.0)
+    assert off["then"] == pytest.approx(off["before"]) and off["then"] == pytest.approx(off["after"])
+    assert on["then"] > on["before"] and on["then"] > on["after"]
 
 
 def test_a_relative_date_prefers_items_from_then() -> None:

@@ -568,6 +568,7 @@ ALLOWED_PRIVATE: dict[str, list[str]] = {
         "tiered_context.qdrant._edge",
     ],
     "tests/unit/test_adaptive_fusion.py": [
+        "tiered_context.core._dates",
         "tiered_context.core._scoring",
     ],
     "tests/unit/test_budget_ladder.py": [

@@ -260,10 +260,11 @@ class ContextAssembler(Packer):
             for i in ids:
                 if units[i].parts.relevance > 0:
                     units[i].value *= self._speaker_gain(q, units[i].origin)
-        # a relative date in the query ("two weeks ago", "last Saturday"), seen from when the
-        # query is asked (only when the caller says so): relevant items from that span gain
+        # a date in the query ("on 7 July, 2023", "in May 2023"; "two weeks ago", "last
+        # Saturday" seen from when it is asked, only when the caller says): relevant items
+        # from that span gain
         boost = self.scorer.config.time_match_boost
-        window = time_window(q.text, q.asked_at) if boost and q.asked_at is not None else None
+        window = time_window(q.text, q.asked_at) if boost else None
         if window is not None:
             for i in ids:
                 u = units[i]

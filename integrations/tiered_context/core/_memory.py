@@ -317,8 +317,9 @@ class TieredContext(PutPath, CatchUp, Preferences):
                  asked_at: float | None = None) -> AssembledContext:
         """The best context for `query` in at most `budget` tokens (default: Budget.max_tokens).
 
-        `asked_at` (POSIX seconds, optional): when the query is asked; then a relative date
-        in it ("two weeks ago", "last Saturday") favours the items from that span.
+        A date in `query` ("on 7 July, 2023", "in May 2023") favours the items from that
+        span; `asked_at` (POSIX seconds, optional), when the query is asked, lets a relative
+        date ("two weeks ago", "last Saturday") or one without its year ("in June") do so too.
         """
         if not isinstance(query, str):
             raise InputError(f"query must be str, got {type(query).__name__}")
