@@ -271,3 +271,7 @@ def test_a_turn_the_named_speaker_said_beside_any_hit_gains() -> None:
     assert ratio(0.5, "Melanie", "Caroline", chat=True) == pytest.approx(
         ratio(0.5, "Melanie", "Caroline", spreads=False, chat=True), rel=0.02)
     assert ratio(0.5, "Melanie", "Caroline", chat=True) < ratio(0.5, "Melanie", "Caroline", spreads=True, chat=True) / 1.4
+    from tiered_context.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="speaker_gain_spreads"):
+        ScoringConfig(speaker_gain_spreads="sometimes")  # type: ignore[arg-type]

@@ -125,6 +125,8 @@ class ScoringConfig:
             raise ConfigError("short_query_terms must be >= 1 content term")
         if self.speaker_boost < 0:
             raise ConfigError("speaker_boost must be >= 0 (0 = ignore speakers the query names)")
+        if self.speaker_gain_spreads not in (None, True, False):
+            raise ConfigError("speaker_gain_spreads must be None (by content distance), True (always) or False (never)")
         if self.half_life_items <= 0:
             raise ConfigError("half_life_items must be > 0")
         if not 0 <= self.neighbour_decay < 1:
