@@ -129,6 +129,10 @@ def test_time_window_reads_absolute_dates() -> None:
     assert time_window("May I ask what you may have meant?", now) is None
     assert time_window("On 31 February, 2023 I ...", None) is None
     assert time_window("I have 2023 photos", None) is None
+    # the ends of the calendar: no window rather than an error
+    first_days = datetime(1, 1, 5, tzinfo=timezone.utc).timestamp()
+    assert time_window("camping in June", first_days) is None
+    assert time_window("on Dec 31st", first_days) is None
 
 
 def test_an_absolute_date_prefers_items_from_then_without_asked_at() -> None:

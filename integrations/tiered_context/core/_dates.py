@@ -63,19 +63,21 @@ def time_window(query: str, now: float | None) -> tuple[float, float] | None:
 
 
 def _day(year: int, month: int, day: int) -> tuple[float, float] | None:
-    if not 1 <= month <= 12 or not 1 <= day <= calendar.monthrange(year, month)[1]:
+    if year < 1 or not 1 <= month <= 12 or not 1 <= day <= calendar.monthrange(year, month)[1]:
         return None
     start = calendar.timegm((year, month, day, 0, 0, 0))
     return start - _DAY, start + 3 * _DAY
 
 
-def _month(year: int, month: int) -> tuple[float, float]:
+def _month(year: int, month: int) -> tuple[float, float] | None:
+    if year < 1:  # "in June" asked in January of year 1
+        return None
     start = calendar.timegm((year, month, 1, 0, 0, 0))
     return start - _DAY, start + (calendar.monthrange(year, month)[1] + 7) * _DAY
 
 
 def _latest_year(month: int, day: int, now: float) -> int:
-    """The year of the latest `month`/`day` not after `now`."""
+    """The year of the latest `month`/`day` not after `now` (0 before year 1)."""
     year = int(time.gmtime(now).tm_year)
     if calendar.timegm((year, month, min(day, 28), 0, 0, 0)) > now:
         year -= 1
