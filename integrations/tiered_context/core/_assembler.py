@@ -27,7 +27,8 @@ from tiered_context.core._validate import check_reserved, check_text
 from tiered_context.core._packing import Packer, _Unit, _Units
 from tiered_context.core._render import line
 from tiered_context.core._result import AssembledContext
-from tiered_context.core._scoring import Scorer, ScoreParts, neighbour_shares, time_window, turn_step
+from tiered_context.core._dates import time_window
+from tiered_context.core._scoring import Scorer, ScoreParts, neighbour_shares, turn_step
 from tiered_context.core._speakers import speakers_named, without_speakers
 from tiered_context.core._store import ColdStore, SignalStats
 from tiered_context.core._tokens import TokenCounter

@@ -27,14 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from tiered_context.core._dates import time_window
 from tiered_context.core._lexical import terms
 from tiered_context.core._speakers import speakers_named, without_speakers
 from tiered_context.core._store import SignalStats
 from tiered_context.errors import ConfigError
 
 __all__ = ["ScoringConfig", "ScoreParts", "Scorer", "PreferenceModel", "neighbour_shares", "query_share", "turn_step", "speakers_named",
-           "time_window", "without_speakers"]
+           "without_speakers"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,7 +46,7 @@ class ScoringConfig:
     (the user's latest chat turn as the query) gets proportionally less, because its
     words are mostly incidental: the earlier turn it needs often shares none of them.
 
-    A date in the query (`time_window`) makes the relevant items from that span worth
+    A date in the query (`core._dates.time_window`) makes the relevant items from that span worth
     ``1 + time_match_boost`` times their value: an absolute one ("on 7 July, 2023", "in
     May 2023", "in 2024") always (LoCoMo dev 1k / 2k 0.864 / 0.918 -> 0.875 / 0.926,
     temporal 0.970 -> 0.979 at 2k; 92 of its 760 questions carry one), a relative one
