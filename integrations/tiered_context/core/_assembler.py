@@ -29,9 +29,10 @@ from tiered_context.core._render import line
 from tiered_context.core._result import AssembledContext
 from tiered_context.core._dates import time_window
 from tiered_context.core._scoring import Scorer, ScoreParts, neighbour_shares, turn_step
-from tiered_context.core._speakers import speakers_named, without_speakers
+from tiered_context.core._speakers import speaker_of, speakers_named, speakers_of, without_speakers
 from tiered_context.core._store import ColdStore, SignalStats
 from tiered_context.core._tokens import TokenCounter
+from tiered_context.core._toolcalls import call_bundles, call_ids
 from tiered_context.errors import ConfigError, InputError
 
 __all__ = ["ContextAssembler"]
@@ -183,10 +184,7 @@ class ContextAssembler(Packer):
         """What the dense side embeds: the query without the names of the speakers it names
         (`without_speakers`; `ScoringConfig.name_free_dense`), the speakers being those of
         the working set: the people of the conversation at hand."""
-        if not self.scorer.config.name_free_dense:
-            return query
-        speakers = {w for i in working_set if (w := _who(i)) is not None}
-        return without_speakers(query, speakers) if speakers else query
+        return without_speakers(query, speakers_of(working_set)) if self.scorer.config.name_free_dense else query
 
     # -- intake: one guard per item --------------------------------------------------
     def _admit(self, units: _Units, *items: ContextItem | None) -> bool:
@@ -276,12 +274,11 @@ class ContextAssembler(Packer):
         """The speakers of the candidates that the query names (none when `speaker_boost` is 0)."""
         if not self.scorer.config.speaker_boost:
             return frozenset()
-        speakers = {w for u in units.values() if (w := _who(u.origin)) is not None}
-        return frozenset(speakers_named(q.text, speakers)) if speakers else frozenset()
+        return frozenset(speakers_named(q.text, speakers_of(u.origin for u in units.values())))
 
     def _speaker_gain(self, q: _Query, item: ContextItem) -> float:
         """``1 + speaker_boost`` for an item said by a speaker the query names, else 1."""
-        return 1.0 + self.scorer.config.speaker_boost if q.named and _who(item) in q.named else 1.0
+        return 1.0 + self.scorer.config.speaker_boost if q.named and speaker_of(item) in q.named else 1.0
 
     def _expand_neighbours(self, q: _Query, units: dict[str, _Unit], top: int = NEIGHBOUR_SOURCES) -> None:
         """Turns near a strong hit inherit part of its value (`neighbour_shares`): evidence
@@ -308,12 +305,11 @@ class ContextAssembler(Packer):
         spreads = cfg.speaker_gain_spreads
         inherit: dict[int, float] = {}
         for u in best:
-            gain = self._speaker_gain(q, u.origin)
-            one = neighbour_shares([(u.origin.seq, u.value / gain)], near, decay=decay, reach=reach, unit=unit,
-                                   turns=turns)
-            region = float(spreads) if spreads is not None else (
-                0.0 if gain == 1.0 else min(1.0, 2.0 * (1.0 - turn_step(u.origin.seq, near, unit=unit, turns=turns))))
-            for seq, share in one.items():
+            gain, step = self._speaker_gain(q, u.origin), turn_step(u.origin.seq, near, unit=unit, turns=turns)
+            region = min(1.0, 2.0 * (1.0 - step)) if spreads is None else float(spreads)
+            shares = neighbour_shares(u.origin.seq, u.value / gain, near, decay=decay, reach=reach, step=step,
+                                      turns=turns)
+            for seq, share in shares.items():
                 own = self._speaker_gain(q, near[seq])
                 share *= own + (max(gain, own) - own) * region
                 if share > inherit.get(seq, 0.0):
@@ -331,10 +327,9 @@ class ContextAssembler(Packer):
                 n.value = max(n.value, share)
 
     def _link_tool_calls(self, q: _Query, units: dict[str, _Unit], reach: int = TOOL_PAIR_REACH) -> None:
-        """Bundle each tool call with its results (metadata `tool_call_ids` on the call,
-        `tool_call_id` on each result) so that packing never splits a pair: an orphaned
-        tool message is a provider error. Missing partners are fetched from nearby turns."""
-        linked = {o: ids for o, u in units.items() if (ids := _call_ids(u.origin))}
+        """Bundle each tool call with its results (`_toolcalls`) so that packing never splits
+        a pair. Missing partners are fetched from nearby turns."""
+        linked = {o: ids for o, u in units.items() if (ids := call_ids(u.origin))}
         for u in units.values():
             u.bundle = (u.origin.id,)
         if not linked:
@@ -343,22 +338,12 @@ class ContextAssembler(Packer):
         wanted -= {u.origin.seq for u in units.values()}
         known = set().union(*linked.values())
         for item in q.store.get_by_seq(q.tenant, sorted(s for s in wanted if s >= 0)):
-            ids = _call_ids(item)
+            ids = call_ids(item)
             if ids & known and item.id not in units and self._admit(units, item):
                 units[item.id] = _Unit(item, [item], _ZERO, 0.0, bundle=(item.id,))
                 linked[item.id] = ids
-        groups: list[tuple[set[str], set[str]]] = []  # (call ids, origin ids)
-        for origin, ids in linked.items():
-            merged = (set(ids), {origin})
-            for group in [g for g in groups if g[0] & ids]:
-                groups.remove(group)
-                merged[0].update(group[0])
-                merged[1].update(group[1])
-            groups.append(merged)
-        for _, members in groups:
-            ordered = tuple(sorted(members, key=lambda o: units[o].origin.seq))
-            for o in members:
-                units[o].bundle = ordered
+        for origin, bundle in call_bundles(linked, lambda o: units[o].origin.seq).items():
+            units[origin].bundle = bundle
 
     def _offer_compressed(self, units: dict[str, _Unit], budget: int) -> None:
         """Offer a compressed form of the single-form candidates below the `verbatim_top`
@@ -412,19 +397,3 @@ _ZERO = ScoreParts(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 #: A summary's value relative to a verbatim item with the same scores (it stands for many
 #: items, but only approximately, and never counts as covering them).
 SUMMARY_WEIGHT = 0.5
-
-
-def _who(item: ContextItem) -> str | None:
-    """The speaker an item's metadata names (``speaker``, else ``name``); None for a bare role."""
-    name = item.metadata.get("speaker") or item.metadata.get("name")
-    return name if isinstance(name, str) and name.strip() else None
-
-
-def _call_ids(item: ContextItem) -> set[str]:
-    """The tool-call ids `item` makes or answers (malformed values count as none; such
-    items are skipped by `_admit` before they become candidates)."""
-    calls = item.metadata.get("tool_call_ids")
-    ids = {str(c) for c in calls} if isinstance(calls, (list, tuple)) else set()
-    if item.metadata.get("tool_call_id"):
-        ids.add(str(item.metadata["tool_call_id"]))
-    return ids

@@ -29,17 +29,20 @@ _MONTHS = {name: k for k, name in enumerate(calendar.month_name) if name}
 _MONTHS.update({name: k for k, name in enumerate(calendar.month_abbr) if name and name != "May"})
 _MONTHS["Sept"] = 9
 # Capitalised names only ("may" is a verb); abbreviations may end with a dot.
-_MONTH = r"(" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\b\.?"
-_YEAR = r"((?:19|20)\d\d)\b"
-_DAY_NUM = r"(\d{1,2})(?:st|nd|rd|th)?\b"
-_DAY_MONTH_YEAR = re.compile(_DAY_NUM + r"\s+(?:of\s+)?" + _MONTH + r",?\s*" + _YEAR)
-_MONTH_DAY_YEAR = re.compile(r"\b" + _MONTH + r"\s+" + _DAY_NUM + r",?\s*" + _YEAR)
-_ISO = re.compile(r"\b((?:19|20)\d\d)-(\d\d)-(\d\d)\b")
+_MONTH = r"(?P<m>" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\b\.?"
+_YEAR = r"(?P<y>(?:19|20)\d\d)\b"
+_DAY_NUM = r"(?P<d>\d{1,2})(?:st|nd|rd|th)?\b"
+_NO_YEAR_AFTER = r"(?!,?\s*\d)"
+#: Dates with their year ("13 October, 2023", "October 13th 2023", "2023-10-13").
+_FULL = (re.compile(_DAY_NUM + r"\s+(?:of\s+)?" + _MONTH + r",?\s*" + _YEAR),
+         re.compile(r"\b" + _MONTH + r"\s+" + _DAY_NUM + r",?\s*" + _YEAR),
+         re.compile(r"\b(?P<y>(?:19|20)\d\d)-(?P<m>\d\d)-(?P<d>\d\d)\b"))
 _MONTH_YEAR = re.compile(r"\b" + _MONTH + r",?\s+" + _YEAR)
-_MONTH_DAY = re.compile(r"\b" + _MONTH + r"\s+" + _DAY_NUM + r"(?!,?\s*\d)")
-_DAY_MONTH = re.compile(r"\b" + _DAY_NUM + r"\s+(?:of\s+)?" + _MONTH + r"(?!,?\s*\d)")
+#: Days without their year ("Aug 15th", "the 3rd of June").
+_DAY_ONLY = (re.compile(r"\b" + _MONTH + r"\s+" + _DAY_NUM + _NO_YEAR_AFTER),
+             re.compile(r"\b" + _DAY_NUM + r"\s+(?:of\s+)?" + _MONTH + _NO_YEAR_AFTER))
 _BARE_MONTH = re.compile(r"\b(?:in|on|during|since|until|by|of|early|late|mid|this|last)[\s-]+(?:the\s+)?"
-                         r"(?:(?:beginning|start|end|middle)\s+of\s+)?" + _MONTH + r"(?!,?\s*\d)")
+                         r"(?:(?:beginning|start|end|middle)\s+of\s+)?" + _MONTH + _NO_YEAR_AFTER)
 _BARE_YEAR = re.compile(r"\b(?:in|of|during|since|by|early|late|mid)[\s-]+" + _YEAR)
 
 
@@ -76,6 +79,10 @@ def _month(year: int, month: int) -> tuple[float, float] | None:
     return start - _DAY, start + (calendar.monthrange(year, month)[1] + 7) * _DAY
 
 
+def _year(year: int) -> tuple[float, float]:
+    return calendar.timegm((year, 1, 1, 0, 0, 0)) - _DAY, calendar.timegm((year + 1, 1, 8, 0, 0, 0))
+
+
 def _latest_year(month: int, day: int, now: float) -> int:
     """The year of the latest `month`/`day` not after `now` (0 before year 1)."""
     year = int(time.gmtime(now).tm_year)
@@ -84,31 +91,24 @@ def _latest_year(month: int, day: int, now: float) -> int:
     return year
 
 
+def _month_of(m: re.Match[str]) -> int:
+    raw = m.group("m")
+    return int(raw) if raw.isdigit() else _MONTHS[raw]
+
+
 def _absolute(query: str, now: float | None) -> list[tuple[float, float]]:
-    spans: list[tuple[float, float] | None] = []
-    for m in _DAY_MONTH_YEAR.finditer(query):
-        spans.append(_day(int(m.group(3)), _MONTHS[m.group(2)], int(m.group(1))))
-    for m in _MONTH_DAY_YEAR.finditer(query):
-        spans.append(_day(int(m.group(3)), _MONTHS[m.group(1)], int(m.group(2))))
-    for m in _ISO.finditer(query):
-        spans.append(_day(int(m.group(1)), int(m.group(2)), int(m.group(3))))
+    """The spans of the most precise kind of date `query` names: whole dates, else months
+    of a year, else (from `now`) days and months without their year, else years."""
+    spans = [_day(int(m["y"]), _month_of(m), int(m["d"])) for p in _FULL for m in p.finditer(query)]
     if not spans:
-        spans += [_month(int(m.group(2)), _MONTHS[m.group(1)]) for m in _MONTH_YEAR.finditer(query)]
+        spans = [_month(int(m["y"]), _month_of(m)) for m in _MONTH_YEAR.finditer(query)]
     if not spans and now is not None:
-        for m in _MONTH_DAY.finditer(query):
-            month, day = _MONTHS[m.group(1)], int(m.group(2))
-            spans.append(_day(_latest_year(month, day, now), month, day))
-        for m in _DAY_MONTH.finditer(query):
-            month, day = _MONTHS[m.group(2)], int(m.group(1))
-            spans.append(_day(_latest_year(month, day, now), month, day))
+        spans = [_day(_latest_year(_month_of(m), int(m["d"]), now), _month_of(m), int(m["d"]))
+                 for p in _DAY_ONLY for m in p.finditer(query)]
         if not spans:
-            for m in _BARE_MONTH.finditer(query):
-                month = _MONTHS[m.group(1)]
-                spans.append(_month(_latest_year(month, 1, now), month))
+            spans = [_month(_latest_year(_month_of(m), 1, now), _month_of(m)) for m in _BARE_MONTH.finditer(query)]
     if not spans:
-        for m in _BARE_YEAR.finditer(query):
-            start = calendar.timegm((int(m.group(1)), 1, 1, 0, 0, 0))
-            spans.append((start - _DAY, calendar.timegm((int(m.group(1)) + 1, 1, 8, 0, 0, 0))))
+        spans = [_year(int(m["y"])) for m in _BARE_YEAR.finditer(query)]
     return [s for s in spans if s is not None]
 
 

@@ -273,27 +273,22 @@ def turn_step(seq: int, near: Mapping[int, Any], *, unit: int | None, turns: int
     return min(1.0, statistics.median(around) / unit) if around else 1.0
 
 
-def neighbour_shares(hits: Iterable[tuple[int, float]], near: Mapping[int, Any], *, decay: float, reach: float,
-                     unit: int | None, turns: int) -> dict[int, float]:
-    """The largest share of a strong hit's value each turn around it inherits, by seq.
+def neighbour_shares(seq: int, value: float, near: Mapping[int, Any], *, decay: float, reach: float,
+                     step: float, turns: int) -> dict[int, float]:
+    """The share of a strong hit's `value` each turn around it inherits, by seq.
 
-    `hits` are (seq, value) of the strong hits; `near` the items by seq around them (a gap
-    stops the walk). A turn `d` steps out inherits ``decay ** (d * step)`` of the value,
-    while ``d * step <= reach`` and ``d <= turns``. The step is one turn, or less where the
-    turns around the hit are short: the median length of its window in `unit` tokens (chat
-    messages: a step each; a transcript's short utterances: a fraction, so the reach spans
-    more of them). `unit` None counts turns.
+    `seq` is the hit's position, `near` the items by seq around it (a gap stops the walk).
+    A turn `d` turns out inherits ``decay ** (d * step)`` of the value, while
+    ``d * step <= reach`` and ``d <= turns``. `step` is what one turn there weighs in
+    distance (`turn_step`: a chat message a whole step, a transcript's short utterances a
+    fraction, so the reach spans more of them).
     """
     inherit: dict[int, float] = {}
-    for seq, value in hits:
-        step_cost = turn_step(seq, near, unit=unit, turns=turns)
-        for step in (-1, 1):
-            for d in range(1, turns + 1):
-                item = near.get(seq + step * d)
-                dist = d * step_cost
-                if item is None or dist > reach:
-                    break
-                share = decay ** dist * value
-                if share > inherit.get(item.seq, 0.0):
-                    inherit[item.seq] = share
+    for direction in (-1, 1):
+        for d in range(1, turns + 1):
+            item = near.get(seq + direction * d)
+            dist = d * step
+            if item is None or dist > reach:
+                break
+            inherit[item.seq] = decay ** dist * value
     return inherit

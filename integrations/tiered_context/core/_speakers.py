@@ -1,4 +1,4 @@
-"""Which speakers a query names, and the query without their names.
+"""Who said an item, which speakers a query names, and the query without their names.
 
 A question that names a speaker ("What did Melanie paint?") is about her turns, which
 rarely contain her name: the assembler weighs her items apart (`ScoringConfig.speaker_boost`)
@@ -9,12 +9,24 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
 from tiered_context.core._lexical import STOPWORDS
 
-__all__ = ["speakers_named", "without_speakers"]
+__all__ = ["speaker_of", "speakers_of", "speakers_named", "without_speakers"]
 
 _NAME_WORD = re.compile(r"[^\W_]+")
+
+
+def speaker_of(item: Any) -> str | None:
+    """The speaker an item's metadata names (``speaker``, else ``name``); None for a bare role."""
+    name = item.metadata.get("speaker") or item.metadata.get("name")
+    return name if isinstance(name, str) and name.strip() else None
+
+
+def speakers_of(items: Iterable[Any]) -> set[str]:
+    """The speakers of `items` (`speaker_of`)."""
+    return {w for i in items if (w := speaker_of(i)) is not None}
 
 
 #: A name set off by "," or "!" right after it: the person addressed ("Thanks Maria!").
