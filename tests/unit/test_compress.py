@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from tiered_context import Compressor, ContextItem, SelfInformationCompressor, Tier, TokenCounter
 from tiered_context.core._importance import detect_language, information
-from tiered_context.core._compress import form_id
+from tiered_context.core._forms import form_id
 from tiered_context.errors import ConfigError
 
 COUNTER = TokenCounter()

@@ -575,7 +575,7 @@ ALLOWED_PRIVATE: dict[str, list[str]] = {
         "tiered_context.core._compaction",
     ],
     "tests/unit/test_compress.py": [
-        "tiered_context.core._compress",
+        "tiered_context.core._forms",
         "tiered_context.core._importance",
     ],
     "tests/unit/test_conversation.py": [

@@ -12,7 +12,8 @@ import statements).
 from tiered_context.core._assembler import ContextAssembler
 from tiered_context.core._blas import one_blas_thread
 from tiered_context.core._budget import Budget, LadderEvent, LadderLevel, ModelSize
-from tiered_context.core._compress import Compressor, SelfInformationCompressor, compressed_form
+from tiered_context.core._compress import SelfInformationCompressor
+from tiered_context.core._forms import Compressor, compressed_form
 from tiered_context.core._config import MemoryConfig
 from tiered_context.core._conversation import (
     OPENER_NOTE,

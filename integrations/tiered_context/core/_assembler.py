@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from tiered_context.core._budget import LadderEvent
-from tiered_context.core._compress import Compressor, form_id
+from tiered_context.core._forms import Compressor, form_id
 from tiered_context.core._embed import Embedder, normalize
 from tiered_context.core._items import ContextItem, Tier
 from tiered_context.core._validate import check_reserved, check_text

@@ -1,7 +1,4 @@
-"""The `Compressor` seam (L2) and the offline self-information compressor.
-
-A compressed form is a new `ContextItem` with `source_ids=(original.id,)`, tier L2 and
-the original's metadata, so it always traces back to the original, which stays in L3.
+"""The offline self-information compressor (the default `Compressor`, `core._forms`).
 
 `SelfInformationCompressor` drops the words that carry the least information (unigram
 surprisal, ``-log2 p(word)`` from `wordfreq`, per detected language) until the item
@@ -37,7 +34,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from tiered_context.core._facts import _FILLERS, _FUNCTION, _GENERIC, _GLUE, _HEDGES, _NOT_NAMES, ordinary_opener
 from tiered_context.core._importance import (
@@ -49,48 +46,14 @@ from tiered_context.core._importance import (
     WordScorer,
     detect_language,
 )
-from tiered_context.core._items import ContextItem, Tier
+from tiered_context.core._forms import compressed_form
+from tiered_context.core._items import ContextItem
 from tiered_context.core._lexical import terms
 from tiered_context.core._structure import compress_json, looks_like_code, mostly_unspaced, parse_json
 from tiered_context.core._tokens import TokenCounter
 from tiered_context.errors import ConfigError
 
-__all__ = ["Compressor", "SelfInformationCompressor", "compressed_form", "form_id"]
-
-
-@runtime_checkable
-class Compressor(Protocol):
-    """Makes shorter forms of items; returns one derived item per input, in order.
-
-    `ratio` is the share of tokens to keep (0.5 = 2x compression). A form may come back
-    no shorter than its original (nothing safe to drop); callers check `tokens`.
-    """
-
-    def compress(self, items: Sequence[ContextItem], ratio: float) -> list[ContextItem]: ...
-
-    async def acompress(self, items: Sequence[ContextItem], ratio: float) -> list[ContextItem]: ...
-
-
-def form_id(origin_id: str, ratio: float) -> str:
-    """The id of the compressed form of `origin_id` at `ratio` (stable across calls)."""
-    return f"{origin_id}~L2@{ratio:.2f}"
-
-
-def compressed_form(item: ContextItem, text: str, tokens: int, ratio: float) -> ContextItem:
-    """`item`'s compressed form: new id, L2, same metadata, `source_ids` = its origin."""
-    return ContextItem(
-        id=form_id(item.origin_ids[0], ratio),
-        text=text,
-        role=item.role,
-        timestamp=item.timestamp,
-        tokens=tokens,
-        tier=Tier.L2,
-        importance=item.importance,
-        pinned=item.pinned,
-        metadata=item.metadata,
-        source_ids=item.origin_ids,
-        seq=item.seq,
-    )
+__all__ = ["SelfInformationCompressor"]
 
 
 # -- lexicon -------------------------------------------------------------------------------

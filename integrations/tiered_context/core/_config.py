@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from tiered_context.core._budget import Budget, LadderEvent
-from tiered_context.core._compress import Compressor, SelfInformationCompressor
+from tiered_context.core._compress import SelfInformationCompressor
+from tiered_context.core._forms import Compressor
 from tiered_context.core._durable import read_json, write_json_atomic
 from tiered_context.core._embed import Embedder, WordLlamaEmbedder
 from tiered_context.core._enums import Compaction, Compression, StoreKind

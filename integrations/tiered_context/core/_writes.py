@@ -20,6 +20,7 @@ the writes of many threads share their flushes (the journal's group commit). The
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,7 +30,7 @@ import numpy as np
 
 from tiered_context.core._embed import normalize
 from tiered_context.core._importance import self_information
-from tiered_context.core._items import ContextItem, Role
+from tiered_context.core._items import ContextItem, Role, Tier
 from tiered_context.errors import InputError
 
 if TYPE_CHECKING:
@@ -121,9 +122,66 @@ class WriteQueue:
 
 
 class PutPath:
-    """The facade's side of a put (a mixin of `TieredContext`, whose `put_many` and `_put`
-    call it): input coerced at the door, the per-item work, the durable write settled in
-    the `WriteQueue`, and what admits a stored write into the ladder."""
+    """The facade's side of a put (a mixin of `TieredContext`, whose `put` and `put_many`
+    call `_put_batch`): input coerced at the door, the per-item work, the durable write
+    settled in the `WriteQueue`, and what admits a stored write into the ladder."""
+
+    def _put_batch(self, batch: list[ContextItem]) -> list[ContextItem]:
+        if not batch:
+            return []
+        key = self._namespace.key
+        self._catch_up()
+        while True:
+            done = self._put(key, batch)
+            if done is not None:
+                return done
+            # an identical item another put was writing failed to store: write it ourselves
+
+    def _put(self, key: str, batch: list[ContextItem]) -> list[ContextItem] | None:
+        """One attempt of `put_many` (None: an item this batch waited for was not stored)."""
+        shared = self._shared  # many workers: the whole put under the lock (catch-up sees only admitted writes)
+        with self._lock if shared else contextlib.nullcontext():
+            ids = list(dict.fromkeys(i.id for i in batch))
+            # the per-item work (tokens, importance, vectors) runs before the lock, for the
+            # items the archive does not hold as they are (one read; re-checked under the lock)
+            stored = {i.id: i for i in self.store.get(key, ids)}
+            todo: dict[str, ContextItem] = {}
+            for i in batch:
+                if i.id not in todo and ((old := stored.get(i.id)) is None or old.text != i.text or old.role != i.role):
+                    todo[i.id] = i
+            work = self._work(list(todo.values()))
+            with self._lock:
+                known = stored if shared or not todo else {i.id: i for i in self.store.get(key, ids)}
+                waits, new = [], []
+                for item in batch:
+                    old = known.get(item.id)
+                    if old is None and (flying := self._writes.in_flight(item.id)) is not None:
+                        old, other = flying
+                        if old.text == item.text and old.role == item.role:
+                            waits.append(other)  # the same item on its way: acknowledged with that write
+                            known[item.id] = old
+                    if old is None or old.text != item.text or old.role != item.role:
+                        if item.id not in work:  # stored differently since the read above: the store refuses it
+                            work.update(self._work([item]))
+                        known[item.id] = item  # a repeat later in the batch is idempotent; a conflict, the store's to refuse
+                        new.append(item)
+                write = None
+                if new:
+                    seqs = (self.store.next_seqs(key, len(new)) if shared  # numbers no other worker can issue
+                            else range(self._next_seq, self._next_seq + len(new)))
+                    fresh = [item.evolve(seq=seq, tokens=work[item.id][0], tier=Tier.L1, importance=work[item.id][1])
+                             for item, seq in zip(new, seqs)]
+                    self._next_seq = max(self._next_seq, fresh[-1].seq + 1)
+                    known.update((i.id, i) for i in fresh)
+                    write = self._writes.reserve(fresh, self._admitter(self._ladder))
+                    vectors = np.stack([work[i.id][2] for i in new])
+                    if shared:  # under the lock: catch-up never sees a write of ours before it is admitted
+                        self._archive(key, write, vectors)
+            if write is not None and not shared:
+                self._archive(key, write, vectors)  # outside the lock: concurrent writers share flushes
+            if not self._writes.wait(([write] if write is not None else []) + waits):
+                return None
+            return [known[i.id] for i in batch]
 
     def _work(self, items: list[ContextItem]) -> dict[str, tuple[int, float, np.ndarray]]:
         """Id -> (tokens, importance, unit vector) of `items` (one embedding call)."""
