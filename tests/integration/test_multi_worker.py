@@ -18,7 +18,6 @@ turn as one process that never made it.
 
 from __future__ import annotations
 
-import inspect
 import multiprocessing as mp
 import os
 import queue
@@ -232,12 +231,6 @@ def test_a_worker_killed_mid_put_loses_nothing_and_the_others_carry_on(postgres_
 
 
 # -- prepared for the facade's coherence (issue 16) ---------------------------------------------
-def _facade_is_coherent() -> bool:
-    from tiered_context.core import _memory as memory
-
-    return "next_seqs" in inspect.getsource(memory)
-
-
 def _context_worker(uri: str, index: int, commands: Any, results: Any) -> None:
     from tiered_context import Budget, TieredContext
     from tiered_context.testing import HashEmbedder
@@ -319,7 +312,6 @@ def _turn_text(thread: int, turn: int) -> tuple[str, str]:
     return text, f"What is the badge number of thread {thread}?"
 
 
-@pytest.mark.skipif(not _facade_is_coherent(), reason="needs TieredContext to catch up with the store (issue 16)")
 def test_tiered_context_workers_assemble_what_one_process_would(postgres_server):
     """Four workers alternate the turns of 20 threads; each assembly equals the single-process one."""
     single, multi = postgres_server.create_database(), postgres_server.create_database()
@@ -330,7 +322,6 @@ def test_tiered_context_workers_assemble_what_one_process_would(postgres_server)
         postgres_server.drop_database(multi)
 
 
-@pytest.mark.skipif(not _facade_is_coherent(), reason="needs TieredContext to catch up with the store (issue 16)")
 def test_tiered_context_workers_carry_on_after_one_is_killed_mid_put(postgres_server):
     """A worker SIGKILLed inside a put's transaction: the put is lost as if never made (it was
     never acknowledged), the thread's row lock is released, and the three others assemble
