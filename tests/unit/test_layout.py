@@ -534,9 +534,6 @@ ALLOWED_PRIVATE: dict[str, list[str]] = {
     "tests/integration/test_mcp_server.py": [
         "tiered_context.mcp._server",
     ],
-    "tests/integration/test_multi_worker.py": [
-        "tiered_context.core._memory",
-    ],
     "tests/integration/test_postgres_store.py": [
         "tiered_context.postgres._moments",
     ],
